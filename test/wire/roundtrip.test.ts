@@ -1,6 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import { FastCheck as fc } from "effect"
-import type { ArgDesc, ArgValue, MessageDesc } from "../../src/protocol/types.js"
+import type { ArgValue, MessageDesc } from "../../src/protocol/types.js"
 import {
   bodySize,
   decodeArgs,
@@ -13,6 +13,7 @@ import {
   readFrame,
   utf8Length
 } from "../../src/wire/index.js"
+import { argsFor } from "./arbitraries.js"
 import { message, messageFromArgs, parseArg } from "./desc.js"
 
 const hex = (b: Uint8Array): string => Buffer.from(b).toString("hex")
@@ -176,33 +177,6 @@ const ARG_SPECS = [
   "v:new_id<y>", "v:new_id", "v:array", "v:fd"
 ] as const
 
-const int32 = fc.integer({ min: -0x80000000, max: 0x7fffffff })
-const uint32 = fc.integer({ min: 0, max: 0xffffffff })
-const text = fc.oneof(fc.string({ maxLength: 40 }), fc.string({ unit: "grapheme", maxLength: 20 }))
-
-const valueFor = (a: ArgDesc): fc.Arbitrary<ArgValue> => {
-  switch (a.type) {
-    case "int":
-      return int32
-    case "uint":
-      return uint32
-    case "fixed":
-      return int32.map((w) => w / 256)
-    case "string":
-      return a.nullable ? fc.option(text, { nil: null }) : text
-    case "object":
-      return a.nullable ? uint32 : fc.integer({ min: 1, max: 0xffffffff })
-    case "new_id":
-      return a.interface === null
-        ? fc.record({ interface: fc.string({ minLength: 1, maxLength: 30 }), version: uint32, id: fc.integer({ min: 1, max: 0xffffffff }) })
-        : fc.integer({ min: 1, max: 0xffffffff })
-    case "array":
-      return fc.uint8Array({ maxLength: 40 })
-    case "fd":
-      return fc.nat({ max: 1023 })
-  }
-}
-
 const messageWithValues = fc
   .record({
     specs: fc.array(fc.constantFrom(...ARG_SPECS), { maxLength: 8 }),
@@ -211,7 +185,7 @@ const messageWithValues = fc
   })
   .chain(({ objectId, opcode, specs }) => {
     const desc = messageFromArgs("rand", opcode, specs.map((s, i) => parseArg(s.replace("v:", `a${i}:`))))
-    return fc.tuple(fc.constant(objectId), fc.constant(desc), fc.tuple(...desc.args.map(valueFor)))
+    return fc.tuple(fc.constant(objectId), fc.constant(desc), argsFor(desc))
   })
 
 describe("wire properties", () => {
