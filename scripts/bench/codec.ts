@@ -15,7 +15,8 @@ import { fileURLToPath } from "node:url"
 import { codec } from "../../src/protocol/codec.js"
 import { defaultRegistry } from "../../src/protocol/registry.js"
 import type { MessageDesc } from "../../src/protocol/types.js"
-import { Connection, defaultLimits, type Endpoint, setFdCloser } from "../../src/proxy/connection.js"
+import { Connection, defaultLimits, setFdCloser } from "../../src/proxy/connection.js"
+import { MemoryEndpoint } from "../../src/proxy/memory.js"
 import type { ObjectEntry } from "../../src/shadow/table.js"
 import { decodeArgs } from "../../src/wire/index.js"
 
@@ -34,37 +35,6 @@ const loadCapture = (name: string): Frame[] => {
     fds: number
   }>
   return raw.map((f) => ({ direction: f.direction, bytes: Uint8Array.from(Buffer.from(f.hex, "hex")), fds: f.fds }))
-}
-
-/** An in-memory endpoint: the bench sets its input; writes are counted and dropped. */
-class MemEndpoint implements Endpoint {
-  readonly fd = -1
-  inBuf: Uint8Array = new Uint8Array(0)
-  inStart = 0
-  inEnd = 0
-  readonly inFds: number[] = []
-  written = 0
-  fill(): "data" | "again" | "eof" {
-    return "data"
-  }
-  consume(n: number): void {
-    this.inStart += n
-  }
-  write(_data: Uint8Array, _offset: number, length: number, _fds: readonly number[]): "sent" | "queued" | "overflow" {
-    this.written += length
-    return "sent"
-  }
-  flush(): boolean {
-    return true
-  }
-  readonly pendingBytes = 0
-  close(): void {}
-  feed(buf: Uint8Array, fds: number): void {
-    this.inBuf = buf
-    this.inStart = 0
-    this.inEnd = buf.length
-    for (let i = 0; i < fds; i++) this.inFds.push(1000 + i)
-  }
 }
 
 /** Consecutive frames of one direction form one batch, as one wake-up would read them. */
@@ -93,7 +63,7 @@ const batches = (frames: readonly Frame[]): Array<{ direction: "request" | "even
   return out
 }
 
-const newConnection = (client: MemEndpoint, host: MemEndpoint): Connection =>
+const newConnection = (client: MemoryEndpoint, host: MemoryEndpoint): Connection =>
   new Connection(client, host, {
     id: 0,
     registry: defaultRegistry(),
@@ -108,8 +78,8 @@ const newConnection = (client: MemEndpoint, host: MemEndpoint): Connection =>
 
 /** Resolves each frame's descriptor by replaying the capture one frame per batch. */
 const describeFrames = (frames: readonly Frame[]): Array<{ frame: Frame; desc: MessageDesc; iface: string; direction: "request" | "event" }> => {
-  const client = new MemEndpoint()
-  const host = new MemEndpoint()
+  const client = new MemoryEndpoint()
+  const host = new MemoryEndpoint()
   const conn = newConnection(client, host)
   const out: Array<{ frame: Frame; desc: MessageDesc; iface: string; direction: "request" | "event" }> = []
   for (const f of frames) {
@@ -156,8 +126,8 @@ export const runCodecBench = (options: { readonly minMs?: number } = {}): CodecB
   const minMs = options.minMs ?? 1500
   const infoBatches = batches(loadCapture("wayland-info"))
   const shmBatches = batches(loadCapture("weston-simple-shm"))
-  const client = new MemEndpoint()
-  const host = new MemEndpoint()
+  const client = new MemoryEndpoint()
+  const host = new MemoryEndpoint()
 
   // The default path: a fresh connection per replay (the captures start at connect).
   const proxyPath = timeIt(minMs, () => {

@@ -244,12 +244,13 @@ export class Connection {
       if (size < 8 || (size & 3) !== 0 || size > maxSize) {
         const why =
           size < 8 ? `message size ${size} is below the 8-byte header` : (size & 3) !== 0 ? `message size ${size} is not a multiple of 4` : `message size ${size} exceeds the limit of ${maxSize} bytes`
-        return this.violation(sender, "unknown", DisplayErrorCode.InvalidMethod, `${why} (object ${sender}, opcode ${opcode})`)
+        return this.violation(1, "wl_display", DisplayErrorCode.InvalidMethod, `${why} (object ${sender}, opcode ${opcode})`)
       }
       if (end - off < size) break
       const entry = this.shadow.byClient(sender)
       if (entry === undefined || entry.state !== ObjectState.Live) {
-        return this.violation(sender, "unknown", DisplayErrorCode.InvalidObject, `invalid object ${sender}`)
+        // libwayland-server posts this one on wl_display: the sender does not exist.
+        return this.violation(1, "wl_display", DisplayErrorCode.InvalidObject, `invalid object ${sender}`)
       }
       const desc = entry.iface.requests[opcode]
       if (desc === undefined) {
