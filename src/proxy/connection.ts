@@ -92,7 +92,50 @@ export const defaultDeniedGlobals: ReadonlySet<string> = new Set([
   "wp_drm_lease_device_v1"
 ])
 
+/**
+ * A hand-written handler for one message, beside the generated default path (e.g. the
+ * cross-domain shm copy, keymap and pipe translation). It runs after the default checks and id
+ * mapping, on the decoded message as it will be sent: object ids are already the receiving
+ * side's, fd arguments are the received fds. Once called, the hook owns those fds: on `Forward`
+ * they travel as they are; otherwise the hook must close or reuse them.
+ */
+export type MessageHook = (m: HookMessage) => HookResult
+
+export interface HookMessage {
+  readonly connection: Connection
+  /** The sender object (its entry in the shadow table). */
+  readonly entry: ObjectEntry
+  readonly desc: MessageDesc
+  readonly args: ArgValue[]
+  /** The message's fds in signature order. */
+  readonly fds: readonly number[]
+}
+
+/** A message a hook emits instead of the one it handled. `objectId` is the receiving side's id. */
+export interface OutMessage {
+  readonly objectId: number
+  readonly desc: MessageDesc
+  readonly args: readonly ArgValue[]
+}
+
+export type HookResult =
+  | { readonly _tag: "Forward" }
+  | { readonly _tag: "Drop" }
+  | { readonly _tag: "Replace"; readonly messages: ReadonlyArray<OutMessage> }
+  /** Only for requests: ends the client with this `wl_display.error` code and message. */
+  | { readonly _tag: "Violation"; readonly code: number; readonly message: string }
+
+export const Forward: HookResult = { _tag: "Forward" }
+export const Drop: HookResult = { _tag: "Drop" }
+
+export interface ConnectionHooks {
+  readonly requests: ReadonlyMap<MessageDesc, MessageHook>
+  readonly events: ReadonlyMap<MessageDesc, MessageHook>
+}
+
 export interface ConnectionOptions {
+  /** Hand-written message handlers; null in local mode, where everything takes the default path. */
+  readonly hooks?: ConnectionHooks | null
   readonly id: number
   readonly registry: InterfaceRegistry
   /** Interfaces whose globals are hidden from the client (see defaultDeniedGlobals). */
@@ -171,6 +214,8 @@ export class Connection {
   private readonly deleteIdDesc: MessageDesc
   private readonly errorDesc: MessageDesc
   private hostSentError = false
+  private readonly requestHooks: ReadonlyMap<MessageDesc, MessageHook> | null
+  private readonly eventHooks: ReadonlyMap<MessageDesc, MessageHook> | null
   /** Set while the client is not being read because the compositor is backlogged. */
   clientPaused = false
 
@@ -180,6 +225,8 @@ export class Connection {
     readonly options: ConnectionOptions
   ) {
     const reg = options.registry
+    this.requestHooks = options.hooks != null && options.hooks.requests.size > 0 ? options.hooks.requests : null
+    this.eventHooks = options.hooks != null && options.hooks.events.size > 0 ? options.hooks.events : null
     const need = (name: string): InterfaceDesc => {
       const i = reg.get(name)
       if (i === undefined) throw new Error(`protocol tables lack ${name}`)
@@ -272,6 +319,7 @@ export class Connection {
       if (trace !== null) this.traceMessage(trace, "client→host", false, entry, desc, buf, off, size, ep.inFds.length)
       const err = desc === this.bindDesc ? this.walkBind(entry, desc, out, outLen, size) : this.walkRequest(entry, desc, out, outLen, size)
       if (err !== null) return this.violation(err.objectId, err.iface, err.code, err.message)
+      const fdStart = this.outFds.length
       if (desc.fdCount > 0) {
         for (let i = 0; i < desc.fdCount; i++) {
           const fd = ep.inFds.shift()
@@ -281,8 +329,14 @@ export class Connection {
           this.outFds.push(fd)
         }
       }
+      let emitted = size
+      const hook = this.requestHooks === null ? undefined : this.requestHooks.get(desc)
+      if (hook !== undefined) {
+        emitted = this.runHook(hook, entry, desc, outLen, size, fdStart, true)
+        if (emitted < 0) return false
+      }
       if (desc.destructor) this.shadow.destroyedByRequest(entry)
-      outLen += size
+      outLen += emitted
       off += size
       messages++
     }
@@ -505,11 +559,17 @@ export class Connection {
           this.hostSentError = true
         }
       }
+      const fdStart = this.outFds.length
       for (let i = 0; i < desc.fdCount; i++) {
         const fd = ep.inFds.shift()
         if (fd === undefined) return this.hostViolation(`compositor sent ${entry.iface.name}.${desc.name} without its fd`)
         if (emitted > 0) this.outFds.push(fd)
         else closeFd(fd)
+      }
+      const hook = this.eventHooks === null || emitted === 0 ? undefined : this.eventHooks.get(desc)
+      if (hook !== undefined) {
+        emitted = this.runHook(hook, entry, desc, outLen, emitted, fdStart, false)
+        if (emitted < 0) return false
       }
       if (desc.destructor && emitted > 0) this.shadow.destroyedByEvent(entry)
       outLen += emitted
@@ -620,6 +680,53 @@ export class Connection {
     copyFrame(buf, off, size, out, outLen)
     putU32(out, outLen, entry.clientId)
     return size
+  }
+
+  /**
+   * Runs a hand-written handler on the message at `out[at, at + size)` whose fds are
+   * `outFds[fdStart..]`. Returns the bytes now at `at` (0 when dropped), or -1 when the
+   * connection ended.
+   */
+  private runHook(hook: MessageHook, entry: ObjectEntry, desc: MessageDesc, at: number, size: number, fdStart: number, isRequest: boolean): number {
+    const fds = this.outFds.slice(fdStart)
+    const res = decodeArgs(desc, entry.clientId, this.out, at + 8, size - 8, fds.slice())
+    if (res._tag === "Malformed") {
+      // The default path validated this message already; a failure here is our own bug.
+      return isRequest ? (this.violation(entry.clientId, entry.iface.name, DisplayErrorCode.Implementation, res.error.message), -1) : (this.hostViolation(res.error.message), -1)
+    }
+    let result: HookResult
+    try {
+      result = hook({ connection: this, entry, desc, args: res.args, fds })
+    } catch (e) {
+      const why = `${entry.iface.name}.${desc.name} handler failed: ${e instanceof Error ? e.message : String(e)}`
+      for (const fd of this.outFds.splice(fdStart)) closeFd(fd)
+      if (isRequest) this.violation(entry.clientId, entry.iface.name, DisplayErrorCode.Implementation, why)
+      else this.hostViolation(why)
+      return -1
+    }
+    switch (result._tag) {
+      case "Forward":
+        return size
+      case "Drop":
+        this.outFds.length = fdStart
+        return 0
+      case "Violation":
+        this.outFds.length = fdStart
+        if (isRequest) this.violation(entry.clientId, entry.iface.name, result.code, `${entry.iface.name}@${entry.clientId}.${desc.name}: ${result.message}`)
+        else this.hostViolation(result.message)
+        return -1
+      case "Replace": {
+        this.outFds.length = fdStart
+        let n = 0
+        for (const m of result.messages) {
+          const frame = encodeMessage(m.objectId, m.desc, m.args, this.outFds)
+          if (this.out.length < at + n + frame.length) this.growOut(at + n + frame.length)
+          this.out.set(frame, at + n)
+          n += frame.length
+        }
+        return n
+      }
+    }
   }
 
   private registryMalformed(desc: MessageDesc): number {

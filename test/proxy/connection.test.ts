@@ -247,6 +247,56 @@ describe("Connection (in-memory endpoints)", () => {
     expect(u.host.closed).toBe(true)
   })
 
+  it("runs hand-written hooks: replace a request's fd and args, drop an event", () => {
+    const shmCreatePool = iface("wl_shm").requests[0]!
+    const keymap = iface("wl_keyboard").events[0]!
+    const seen: number[][] = []
+    const client = new MemoryEndpoint(true)
+    const host = new MemoryEndpoint(true)
+    const conn = new Connection(client, host, {
+      id: 1,
+      registry,
+      deniedGlobals: new Set(),
+      limits: defaultLimits,
+      trace: null,
+      onBatch: null,
+      onEnd: () => {},
+      hooks: {
+        requests: new Map([
+          [shmCreatePool, (m) => {
+            seen.push([...m.fds])
+            closed.push(...m.fds)
+            return { _tag: "Replace", messages: [{ objectId: m.entry.hostId, desc: m.desc, args: [m.args[0]!, 900, 8192] }] }
+          }]
+        ]),
+        events: new Map([[keymap, () => ({ _tag: "Drop" })]])
+      }
+    })
+    client.feed(cat(req(1, "wl_display", "get_registry", [2])))
+    conn.onClientReadable()
+    host.feed(cat(ev(2, "wl_registry", "global", [1, "wl_shm", 1]), ev(2, "wl_registry", "global", [2, "wl_seat", 5])))
+    conn.onHostReadable()
+    client.feed(
+      cat(
+        req(2, "wl_registry", "bind", [1, { interface: "wl_shm", version: 1, id: 3 }]),
+        req(2, "wl_registry", "bind", [2, { interface: "wl_seat", version: 5, id: 5 }]),
+        req(5, "wl_seat", "get_keyboard", [6]),
+        encodeMessage(3, shmCreatePool, [4, 50, 4096], [])
+      ),
+      [50]
+    )
+    expect(conn.onClientReadable()).toBe(true)
+    expect(seen).toEqual([[50]])
+    expect(host.sentFds).toEqual([900])
+    const last = frames(host.output()).at(-1)!
+    const decoded = decodeArgs(shmCreatePool, 3, last.frame, 8, last.frame.length - 8, [900])
+    expect(decoded._tag === "Ok" && decoded.args).toEqual([4, 900, 8192])
+    const before = client.output().length
+    host.feed(ev(6, "wl_keyboard", "keymap", [1, 60, 10]), [60])
+    expect(conn.onHostReadable()).toBe(true)
+    expect(client.output().length).toBe(before)
+  })
+
   it("waits for the rest of a split message", () => {
     const t = setup()
     const m = req(1, "wl_display", "sync", [3])
