@@ -42,7 +42,8 @@ const FD: number = ArgCode.Fd
 
 const utf8Decoder = new TextDecoder("utf-8", { fatal: false })
 
-const pad4 = (n: number): number => (n + 3) & ~3
+// Arithmetic, not `(n + 3) & ~3`: lengths are uint32 and bitwise ops would wrap 0xffffffff to 0.
+const pad4 = (n: number): number => n + (-n & 3)
 
 // ---------------------------------------------------------------------------------------------
 // Decoding
@@ -66,7 +67,8 @@ const readString = (buf: Uint8Array, p: number, end: number, nullable: boolean):
     scratchString = null
     return p
   }
-  if (len > end - p) return S_OVERRUN
+  // Padded length, as libwayland checks it (div_roundup(length, 4) words must fit).
+  if (pad4(len) > end - p) return S_OVERRUN
   const last = p + len - 1
   if (buf[last] !== 0) return S_NO_NUL
   scratchString = decodeUtf8(buf, p, last)
@@ -173,7 +175,7 @@ export const decodeArgs = (
       if (end - p < 4) return shortBody(msg, objectId, i, end - p)
       const len = readU32(buf, p)
       const left = end - p - 4
-      if (len > left) {
+      if (pad4(len) > left) {
         return malformed(
           wireError("ArrayOverrun", objectId, msg.opcode, `${argName(msg, i)}: array length ${len} overruns the ${left}-byte rest of the body`)
         )

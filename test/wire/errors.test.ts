@@ -106,6 +106,15 @@ describe("WireError reasons", () => {
     expect(e.message).toBe("object 3 opcode 2: set_title.title: string length 12 overruns the 8-byte rest of the body")
   })
 
+  it("BadString / ArrayOverrun: lengths near 2^32 do not wrap when padded", () => {
+    const m = message("set_title", 2, ["title:string"])
+    expectMalformed(frame(3, 2, [0xffffffff, 0]), m, "BadString", 3, 2)
+    expectMalformed(frame(3, 2, [0xfffffffd, 0]), m, "BadString", 3, 2)
+    const a = message("keys", 0, ["keys:array"])
+    expectMalformed(frame(3, 0, [0xffffffff, 0]), a, "ArrayOverrun", 3, 0)
+    expectMalformed(frame(3, 0, [0xfffffffe, 0]), a, "ArrayOverrun", 3, 0)
+  })
+
   it("BadString: no NUL terminator", () => {
     const m = message("set_title", 2, ["title:string"])
     expectMalformed(frame(3, 2, [4, 0x41414141]), m, "BadString", 3, 2)
