@@ -1,0 +1,162 @@
+/**
+ * libuv's uv_poll, called through koffi on the loop Node itself runs (symbols resolved from
+ * the node process with `dlopen(NULL)`). Lets Node's own loop watch one fd with no thread.
+ *
+ * Ownership rules this module enforces, because native code keeps raw addresses:
+ * - the `uv_poll_t` memory (size from `uv_handle_size(UV_POLL)`) and the registered callback
+ *   stay strongly reachable from a module-level table until libuv's close callback has run;
+ * - the poll callback is unregistered from inside the close callback, i.e. never from inside
+ *   itself (koffi forbids that).
+ *
+ * Exceptions thrown by `onPoll` would be swallowed by koffi, so `PollHandle` catches them and
+ * hands them to `onException` (default: stderr). Callers should still catch their own.
+ *
+ * Not here: epoll and dispatch (`src/transport/reactor.ts`).
+ */
+import koffi from "koffi"
+
+const self = koffi.load(null)
+
+const UV_POLL = 8
+export const UV_READABLE = 1
+export const UV_WRITABLE = 2
+
+const uv = {
+  default_loop: self.func("intptr_t uv_default_loop(void)") as unknown as () => number,
+  handle_size: self.func("size_t uv_handle_size(int type)") as unknown as (type: number) => number,
+  poll_init: self.func("int uv_poll_init(intptr_t loop, void *handle, int fd)") as unknown as (
+    loop: number,
+    handle: Uint8Array,
+    fd: number
+  ) => number,
+  poll_start: self.func("int uv_poll_start(void *handle, int events, intptr_t cb)") as unknown as (
+    handle: Uint8Array,
+    events: number,
+    cb: bigint
+  ) => number,
+  poll_stop: self.func("int uv_poll_stop(void *handle)") as unknown as (handle: Uint8Array) => number,
+  close: self.func("void uv_close(void *handle, intptr_t cb)") as unknown as (handle: Uint8Array, cb: bigint) => void,
+  ref: self.func("void uv_ref(void *handle)") as unknown as (handle: Uint8Array) => void,
+  unref: self.func("void uv_unref(void *handle)") as unknown as (handle: Uint8Array) => void,
+  strerror: self.func("const char *uv_strerror(int err)") as unknown as (err: number) => string,
+  napi_get_uv_event_loop: self.func("int napi_get_uv_event_loop(void *env, _Out_ intptr_t *loop)") as unknown as (
+    env: unknown,
+    out: Array<number | null>
+  ) => number
+}
+
+/** The loop of the current Node environment (the worker's own loop inside a worker thread). */
+const currentLoop = (): number => {
+  const out: Array<number | null> = [null]
+  const env = (koffi as unknown as { node?: { env?: unknown } }).node?.env
+  if (env !== undefined && uv.napi_get_uv_event_loop(env, out) === 0 && typeof out[0] === "number") return out[0]
+  return uv.default_loop()
+}
+
+// intptr_t handle: a number, so no BigInt is allocated per callback.
+const PollCb = koffi.pointer(koffi.proto("void sommelier_uv_poll_cb(intptr_t handle, int status, int events)"))
+const CloseCb = koffi.pointer(koffi.proto("void sommelier_uv_close_cb(intptr_t handle)"))
+
+interface Closing {
+  readonly memory: Uint8Array
+  readonly callback: bigint
+}
+
+/** Handles between uv_close and their close callback, keyed by address: keeps memory alive. */
+const closing = new Map<number, Closing>()
+let closeCallback: bigint | undefined
+
+const onClosed = (address: number): void => {
+  try {
+    const entry = closing.get(address)
+    if (entry === undefined) return
+    closing.delete(address)
+    koffi.unregister(entry.callback)
+  } catch (error) {
+    process.stderr.write(`sommelier: uv close callback failed: ${String(error)}\n`)
+  }
+}
+
+const defaultOnException = (error: unknown): void => {
+  process.stderr.write(`sommelier: uncaught exception in uv_poll callback: ${describe(error)}\n`)
+}
+
+const describe = (error: unknown): string =>
+  error instanceof Error ? (error.stack ?? error.message) : String(error)
+
+export class UvError extends Error {
+  constructor(
+    readonly call: string,
+    readonly status: number
+  ) {
+    super(`${call}: ${uv.strerror(status)} (${status})`)
+  }
+}
+
+/**
+ * One uv_poll_t watching `fd` for readability on the current Node loop.
+ * `onPoll(status, events)`: status < 0 is a libuv error code (e.g. UV_EBADF).
+ */
+export class PollHandle {
+  readonly #memory: Uint8Array
+  readonly #address: number
+  readonly #callback: bigint
+  #closed = false
+
+  constructor(fd: number, onPoll: (status: number, events: number) => void, onException = defaultOnException) {
+    // Zeroed, off-heap, never moved by the GC: libuv keeps its address.
+    this.#memory = new Uint8Array(new ArrayBuffer(uv.handle_size(UV_POLL)))
+    this.#address = Number(koffi.address(this.#memory))
+    const init = uv.poll_init(currentLoop(), this.#memory, fd)
+    if (init !== 0) throw new UvError("uv_poll_init", init)
+    this.#callback = koffi.register((_handle: number, status: number, events: number) => {
+      try {
+        onPoll(status, events)
+      } catch (error) {
+        try {
+          onException(error)
+        } catch (again) {
+          defaultOnException(again)
+        }
+      }
+    }, PollCb)
+    const start = uv.poll_start(this.#memory, UV_READABLE, this.#callback)
+    if (start !== 0) {
+      // uv_poll_init registered the handle with the loop: it must still be closed.
+      this.#closed = true
+      this.#close()
+      throw new UvError("uv_poll_start", start)
+    }
+  }
+
+  /** Let the loop exit even while this handle is active. */
+  unref(): void {
+    if (!this.#closed) uv.unref(this.#memory)
+  }
+
+  /** Keep the loop alive while this handle is active (the default). */
+  ref(): void {
+    if (!this.#closed) uv.ref(this.#memory)
+  }
+
+  get closed(): boolean {
+    return this.#closed
+  }
+
+  /** uv_poll_stop + uv_close. Safe inside the poll callback; memory lives until the close callback. */
+  close(): void {
+    if (this.#closed) return
+    this.#closed = true
+    uv.poll_stop(this.#memory)
+    this.#close()
+  }
+
+  #close(): void {
+    closeCallback ??= koffi.register(onClosed, CloseCb)
+    closing.set(this.#address, { memory: this.#memory, callback: this.#callback })
+    uv.close(this.#memory, closeCallback)
+  }
+}
+
+/** Handles still waiting for their close callback (for tests). */
+export const pendingCloses = (): number => closing.size
