@@ -10,13 +10,13 @@
  * (weston.ts) or clients (clients.ts).
  */
 import { Duration, Effect, Layer, type Scope } from "effect"
-import { mkdtempSync, readlinkSync, rmSync } from "node:fs"
+import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import * as Protocols from "../../src/protocol/registry.js"
 import { serve, type Server } from "../../src/proxy/listener.js"
 import * as Reactor from "../../src/transport/reactor.js"
-import { openFds } from "./fds.js"
+import { describeFd, openFds } from "./fds.js"
 
 export interface ProxyFixture {
   /** Absolute path of the socket guest clients connect to. */
@@ -71,18 +71,10 @@ export interface FdSnapshot {
   readonly fds: ReadonlyMap<number, string>
 }
 
-const describeFd = (fd: number): string => {
-  try {
-    return readlinkSync(`/proc/self/fd/${fd}`)
-  } catch {
-    return "?"
-  }
-}
-
 /** The test process's open fds, with what each points at (for the failure message). */
 export const fdSnapshot = (): FdSnapshot => {
   const m = new Map<number, string>()
-  for (const fd of openFds()) m.set(fd, describeFd(fd))
+  for (const fd of openFds()) m.set(fd, describeFd(fd) ?? "?")
   return { fds: m }
 }
 
