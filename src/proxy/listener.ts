@@ -1,0 +1,281 @@
+/**
+ * The listening socket and the per-client lifecycle: accept a guest client, open its own host
+ * connection, wire both sockets to the reactor, and keep each client in a scoped fiber of a
+ * `FiberSet` so that a failure in one client is logged and contained and the listener goes on.
+ *
+ * It knows paths, locks and lifetimes; it does not parse messages (connection.ts does) and does
+ * not know how the CLI found its options.
+ */
+import { Deferred, Effect, Exit, FiberSet, Scope, Tracer } from "effect"
+import { Protocols } from "../protocol/registry.js"
+import { EPOLLIN, EPOLLOUT, Reactor, type Watch } from "../transport/reactor.js"
+import { acceptUnix, connectUnix, listenUnix, lockFile, SocketEndpoint } from "../transport/socket.js"
+import { closeFd } from "../transport/socket.js"
+import { Connection, type ConnectionLimits, defaultDeniedGlobals, defaultLimits, type ConnectionStats, emptyStats, setFdCloser } from "./connection.js"
+import type { ConnectionEndReason } from "./errors.js"
+import { encodeMessage } from "../wire/index.js"
+import type { MessageDesc } from "../protocol/types.js"
+import { existsSync, lstatSync, unlinkSync } from "node:fs"
+import { ServeError } from "./paths.js"
+
+setFdCloser(closeFd)
+
+export interface ServeOptions {
+  /** Absolute path of the socket guest clients connect to. */
+  readonly socketPath: string
+  /** Absolute path of the host compositor's socket. */
+  readonly hostPath: string
+  readonly limits?: Partial<ConnectionLimits>
+  /** `--trace`: WAYLAND_DEBUG-format lines. */
+  readonly trace?: ((line: string) => void) | null
+  /** Interfaces hidden from clients; default `defaultDeniedGlobals`. */
+  readonly deniedGlobals?: ReadonlySet<string>
+  /** Emit an Effect span per forwarded batch (costs one Effect step per batch). */
+  readonly batchSpans?: boolean
+}
+
+/** What a running server exposes to its owner (CLI, demo, tests). */
+export interface Server {
+  readonly socketPath: string
+  readonly hostPath: string
+  /** Clients connected now. */
+  readonly activeClients: () => number
+  /** Clients accepted since start. */
+  readonly totalClients: () => number
+  /** Sum over ended and live connections. */
+  readonly stats: () => ConnectionStats
+  /** Live connections, for tests and diagnostics. */
+  readonly connections: () => ReadonlyArray<Connection>
+}
+
+const addStats = (into: ConnectionStats, s: ConnectionStats): void => {
+  into.requests += s.requests
+  into.events += s.events
+  into.requestBytes += s.requestBytes
+  into.eventBytes += s.eventBytes
+  into.requestFds += s.requestFds
+  into.eventFds += s.eventFds
+  into.batches += s.batches
+}
+
+/**
+ * Serve `socketPath` until the scope closes. On close: stop accepting, end every client (each
+ * gets a `wl_display.error` saying the proxy is shutting down), remove the socket and the lock.
+ */
+export const serve = (options: ServeOptions): Effect.Effect<Server, ServeError, Scope.Scope | Reactor | Protocols> =>
+  Effect.gen(function* () {
+    const reactor = yield* Reactor
+    const registry = yield* Protocols
+    const limits: ConnectionLimits = { ...defaultLimits, ...options.limits }
+    const trace = options.trace ?? null
+    const displayError = registry.get("wl_display")?.events[0]
+    if (displayError === undefined) return yield* new ServeError({ reason: "Socket", message: "protocol tables lack wl_display" })
+
+    // libwayland's rule: hold `NAME.lock` with flock; a held lock means a live server.
+    yield* lockFile(`${options.socketPath}.lock`).pipe(
+      Effect.mapError((e) =>
+        e.code === "EAGAIN"
+          ? new ServeError({ reason: "InUse", message: `${options.socketPath} is in use by another Wayland server (its lock file is held)` })
+          : new ServeError({ reason: "Socket", message: `cannot lock ${options.socketPath}.lock: ${e.message}` })
+      )
+    )
+    // Holding the lock, a socket file left behind is stale: replace it.
+    if (existsSync(options.socketPath) || isDanglingLink(options.socketPath)) {
+      yield* Effect.try({
+        try: () => unlinkSync(options.socketPath),
+        catch: (e) => new ServeError({ reason: "Socket", message: `cannot remove stale ${options.socketPath}: ${String(e)}` })
+      })
+      yield* Effect.logInfo(`replaced stale socket ${options.socketPath}`)
+    }
+    const listenFd = yield* listenUnix(options.socketPath).pipe(
+      Effect.mapError((e) => new ServeError({ reason: "Socket", message: `cannot listen on ${options.socketPath}: ${e.message}` }))
+    )
+
+    const live = new Set<Connection>()
+    const ended = emptyStats()
+    let total = 0
+    let nextId = 1
+
+    const fibers = yield* FiberSet.make<void, never>()
+    const run = yield* FiberSet.runtime(fibers)<never>()
+    const parentSpan = yield* Effect.serviceOption(Tracer.ParentSpan)
+
+    const handleClient = (fd: number, id: number): Effect.Effect<void, never, Scope.Scope> =>
+      Effect.gen(function* () {
+        const client = yield* Effect.acquireRelease(
+          Effect.sync(() => new SocketEndpoint(fd, { maxPendingBytes: limits.maxClientBacklog })),
+          (ep) => Effect.sync(() => ep.close())
+        )
+        const hostFd = yield* Effect.either(connectUnix(options.hostPath))
+        if (hostFd._tag === "Left") {
+          // Refuse fast: the client learns why instead of hanging.
+          refuse(client, displayError, `sommelier: cannot reach the host compositor at ${options.hostPath}: ${hostFd.left.code}`)
+          yield* Effect.logWarning(`client ${id} refused: host compositor unreachable (${hostFd.left.message})`)
+          return
+        }
+        const host = yield* Effect.acquireRelease(
+          Effect.sync(() => new SocketEndpoint(hostFd.right, { maxPendingBytes: Number.MAX_SAFE_INTEGER })),
+          (ep) => Effect.sync(() => ep.close())
+        )
+        const done = yield* Deferred.make<ConnectionEndReason>()
+        const watches: Watch[] = []
+        const span = yield* Effect.currentSpan.pipe(Effect.option)
+        const onBatch =
+          options.batchSpans === true
+            ? (info: { direction: string; messages: number; bytes: number; fds: number }) =>
+                Effect.runSync(
+                  Effect.void.pipe(
+                    Effect.withSpan("sommelier.batch", {
+                      attributes: { "sommelier.client": id, direction: info.direction, messages: info.messages, bytes: info.bytes, fds: info.fds },
+                      ...(span._tag === "Some" ? { parent: span.value } : {})
+                    })
+                  )
+                )
+            : null
+        const conn = new Connection(client, host, {
+          id,
+          registry,
+          deniedGlobals: options.deniedGlobals ?? defaultDeniedGlobals,
+          limits,
+          trace,
+          onBatch,
+          onEnd: (reason) => {
+            // Stop watching before the fds are closed: a closed fd number is soon reused.
+            for (const w of watches) w.close()
+            watches.length = 0
+            Deferred.unsafeDone(done, Exit.succeed(reason))
+          }
+        })
+        live.add(conn)
+        yield* Effect.addFinalizer(() =>
+          Effect.sync(() => {
+            conn.end({ _tag: "Shutdown" })
+            live.delete(conn)
+            addStats(ended, conn.stats)
+          })
+        )
+
+        let clientEvents = EPOLLIN
+        let hostEvents = EPOLLIN
+        const clientWatch = reactor.watch(client.fd, clientEvents, (ev) => {
+          if (ev & EPOLLOUT) conn.onClientWritable()
+          if (conn.isEnded) return
+          if (ev & ~EPOLLOUT) conn.onClientReadable()
+          sync()
+        })
+        const hostWatch = reactor.watch(host.fd, hostEvents, (ev) => {
+          if (ev & EPOLLOUT) conn.onHostWritable()
+          if (conn.isEnded) return
+          if (ev & ~EPOLLOUT) conn.onHostReadable()
+          sync()
+        })
+        watches.push(clientWatch, hostWatch)
+        const setClient = (e: number): void => {
+          if (e !== clientEvents && !conn.isEnded) {
+            clientEvents = e
+            clientWatch.setEvents(e)
+          }
+        }
+        const setHost = (e: number): void => {
+          if (e !== hostEvents && !conn.isEnded) {
+            hostEvents = e
+            hostWatch.setEvents(e)
+          }
+        }
+        // After every batch: wait for writability where bytes are queued, and stop reading the
+        // client while the compositor is backlogged (the compositor is always read).
+        const sync = (): void => {
+          if (conn.isEnded) return
+          const paused = conn.hostBacklogged
+          conn.clientPaused = paused
+          setClient((paused ? 0 : EPOLLIN) | (client.pendingBytes > 0 ? EPOLLOUT : 0))
+          setHost(EPOLLIN | (host.pendingBytes > 0 ? EPOLLOUT : 0))
+        }
+
+        const reason = yield* Deferred.await(done)
+        yield* logEnd(id, reason)
+      }).pipe(
+        Effect.withSpan("sommelier.connection", {
+          attributes: { "sommelier.client": id },
+          ...(parentSpan._tag === "Some" ? { parent: parentSpan.value } : {})
+        }),
+        Effect.annotateLogs({ client: id }),
+        Effect.catchAllDefect((d) => Effect.logError(`client ${id} failed`, d))
+      )
+
+    const acceptAll = (): void => {
+      for (;;) {
+        let fd: number
+        try {
+          fd = acceptUnix(listenFd)
+        } catch (e) {
+          const code = (e as { code?: string }).code
+          run(Effect.logError(`accept failed (${code ?? String(e)}): new clients are refused until descriptors are free`))
+          return
+        }
+        if (fd < 0) return
+        const id = nextId++
+        total++
+        run(Effect.scoped(handleClient(fd, id)))
+      }
+    }
+    const listenWatch = yield* Effect.acquireRelease(
+      Effect.sync(() => reactor.watch(listenFd, EPOLLIN, acceptAll)),
+      (w) => Effect.sync(() => w.close())
+    )
+    void listenWatch
+
+    return {
+      socketPath: options.socketPath,
+      hostPath: options.hostPath,
+      activeClients: () => live.size,
+      totalClients: () => total,
+      stats: () => {
+        const s = emptyStats()
+        addStats(s, ended)
+        for (const c of live) addStats(s, c.stats)
+        return s
+      },
+      connections: () => [...live]
+    } satisfies Server
+  })
+
+const refuse = (client: SocketEndpoint, errorDesc: MessageDesc, message: string): void => {
+  try {
+    // wl_display.error(object 1, implementation = 3, message)
+    const frame = encodeMessage(1, errorDesc, [1, 3, message], [])
+    client.write(frame, 0, frame.length, [])
+    client.flush()
+  } catch {
+    // Best effort: the client is closed right after.
+  }
+}
+
+const isDanglingLink = (path: string): boolean => {
+  try {
+    return lstatSync(path).isSymbolicLink()
+  } catch {
+    return false
+  }
+}
+
+const logEnd = (id: number, reason: ConnectionEndReason): Effect.Effect<void> => {
+  switch (reason._tag) {
+    case "ClientClosed":
+      return Effect.logDebug(`client ${id} disconnected`)
+    case "HostClosed":
+      return Effect.logInfo(`client ${id}: the host compositor closed its connection`)
+    case "ClientViolation":
+      return Effect.logWarning(
+        `client ${id} cut: protocol error on ${reason.violation.interface}@${reason.violation.objectId} (code ${reason.violation.code}): ${reason.violation.message}`
+      )
+    case "HostViolation":
+      return Effect.logError(`client ${id} cut: the host compositor broke the protocol: ${reason.message}`)
+    case "Limit":
+      return Effect.logWarning(`client ${id} cut at limit "${reason.limit}": ${reason.message}`)
+    case "IoError":
+      return Effect.logWarning(`client ${id} ended: ${reason.message}`)
+    case "Shutdown":
+      return Effect.logDebug(`client ${id} closed at shutdown`)
+  }
+}
