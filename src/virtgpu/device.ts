@@ -19,12 +19,20 @@ export const PARAM_HOST_VISIBLE = 4
 export const PARAM_CROSS_DEVICE = 5
 export const PARAM_CONTEXT_INIT = 6
 export const PARAM_SUPPORTED_CAPSET_IDS = 7
+export const PARAM_EXPLICIT_DEBUG_NAME = 8
+export const CONTEXT_PARAM_CAPSET_ID = 1
+export const CONTEXT_PARAM_NUM_RINGS = 2
+export const CONTEXT_PARAM_POLL_RINGS_MASK = 3
 export const BLOB_MEM_GUEST = 1
 export const BLOB_MEM_HOST3D = 2
 export const BLOB_MEM_HOST3D_GUEST = 3
 export const BLOB_FLAG_USE_MAPPABLE = 1
 export const BLOB_FLAG_USE_SHAREABLE = 2
 export const BLOB_FLAG_USE_CROSS_DEVICE = 4
+export const EXECBUF_FENCE_FD_IN = 1
+export const EXECBUF_FENCE_FD_OUT = 2
+export const EXECBUF_RING_IDX = 4
+export const WAIT_NOWAIT = 1
 export const EVENT_FENCE_SIGNALED = 0x90000000
 export const CAPSET_CROSS_DOMAIN = 5
 
@@ -63,6 +71,17 @@ export interface ExecbufferArgs {
   readonly boHandles?: readonly number[]
 }
 
+/** DRM_IOCTL_VERSION. */
+export interface DriverVersion {
+  /** "virtio_gpu" for virtio-gpu (the emulator reports the same). */
+  readonly name: string
+  readonly major: number
+  readonly minor: number
+  readonly patchlevel: number
+  readonly date: string
+  readonly desc: string
+}
+
 export interface ResourceInfo {
   readonly resId: number
   readonly size: number
@@ -90,6 +109,14 @@ export interface VirtGpuDevice {
   /** Imports an fd; returns the existing handle when the same buffer is imported again. */
   primeFdToHandle(fd: number): number
   gemClose(handle: number): void
+  /**
+   * VIRTGPU_WAIT: blocks until the fences of submissions that listed `handle` in `boHandles`
+   * have signalled (e.g. the query ring after GET_IMAGE_REQUIREMENTS). true when idle; with
+   * `nowait`, false instead of blocking. Throws VirtGpuError (errno EBUSY) after the kernel's 15 s.
+   */
+  wait(handle: number, nowait?: boolean): boolean
+  /** DRM_IOCTL_VERSION of the device file. */
+  version(): DriverVersion
   close(): void
 }
 
