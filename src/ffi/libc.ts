@@ -37,6 +37,8 @@ const raw = {
   connect: fn("int connect(int fd, const void *addr, uint32_t len)"),
   sendmsg: fn("intptr_t sendmsg(int fd, const void *msg, int flags)"),
   recvmsg: fn("intptr_t recvmsg(int fd, void *msg, int flags)"),
+  sendto: fn("intptr_t sendto(int fd, const void *buf, size_t len, int flags, const void *addr, uint32_t addrlen)"),
+  getsockname: fn("int getsockname(int fd, void *addr, void *len)"),
   setsockopt: fn("int setsockopt(int fd, int level, int name, const void *value, uint32_t len)"),
   getsockopt: fn("int getsockopt(int fd, int level, int name, void *value, void *len)"),
   read: fn("intptr_t read(int fd, void *buf, size_t count)"),
@@ -84,6 +86,10 @@ export const sys = {
   connect: (fd: number, addr: Ptr, len: number): number => ret(raw.connect(fd, addr, len)),
   sendmsg: (fd: number, msg: Ptr, flags: number): number => ret(raw.sendmsg(fd, msg, flags)),
   recvmsg: (fd: number, msg: Ptr, flags: number): number => ret(raw.recvmsg(fd, msg, flags)),
+  sendto: (fd: number, buf: Ptr, len: number, flags: number, addr: Ptr, addrlen: number): number =>
+    ret(raw.sendto(fd, buf, len, flags, addr, addrlen)),
+  /** len: Uint32Array(1), in: the size of addr, out: the address's length. */
+  getsockname: (fd: number, addr: Ptr, len: Uint32Array): number => ret(raw.getsockname(fd, addr, len)),
   setsockopt: (fd: number, level: number, name: number, value: Ptr, len: number): number =>
     ret(raw.setsockopt(fd, level, name, value, len)),
   getsockopt: (fd: number, level: number, name: number, value: Ptr, len: Uint32Array): number =>
@@ -129,11 +135,15 @@ export const viewOf = (address: number, length: number): ArrayBuffer => koffi.vi
 // Linux constants (x86-64 and aarch64 agree on all of these).
 export const AF_UNIX = 1
 export const SOCK_STREAM = 1
+export const SOCK_DGRAM = 2
 export const SOCK_NONBLOCK = 0o4000
 export const SOCK_CLOEXEC = 0o2000000
 export const SOL_SOCKET = 1
+export const SO_TYPE = 3
 export const SO_SNDBUF = 7
 export const SO_RCVBUF = 8
+export const SO_ACCEPTCONN = 30
+export const SO_DOMAIN = 39
 export const SCM_RIGHTS = 1
 export const MSG_CTRUNC = 0x8
 export const MSG_DONTWAIT = 0x40
