@@ -6,15 +6,16 @@
  * It knows paths, locks and lifetimes; it does not parse messages (connection.ts does) and does
  * not know how the CLI found its options.
  */
-import { Deferred, Effect, Exit, FiberSet, Scope, Tracer } from "effect"
+import { Deferred, Effect, Exit, FiberSet, Runtime, Scope, Tracer } from "effect"
 import { Protocols } from "../protocol/registry.js"
 import { EPOLLIN, EPOLLOUT, Reactor, type Watch } from "../transport/reactor.js"
 import { acceptUnix, connectUnix, listenUnix, lockFile, SocketEndpoint } from "../transport/socket.js"
 import { closeFd } from "../transport/socket.js"
-import { Connection, type ConnectionLimits, defaultDeniedGlobals, defaultLimits, type ConnectionStats, emptyStats, setFdCloser } from "./connection.js"
+import { Connection, type ConnectionHooks, type ConnectionLimits, defaultDeniedGlobals, defaultLimits, type ConnectionStats, emptyStats, setFdCloser } from "./connection.js"
 import type { ConnectionEndReason } from "./errors.js"
 import { encodeMessage } from "../wire/index.js"
 import type { MessageDesc } from "../protocol/types.js"
+import type { MessageHook } from "./connection.js"
 import { existsSync, lstatSync, unlinkSync } from "node:fs"
 import { ServeError } from "./paths.js"
 
@@ -32,6 +33,39 @@ export interface ServeOptions {
   readonly deniedGlobals?: ReadonlySet<string>
   /** Emit an Effect span per forwarded batch (costs one Effect step per batch). */
   readonly batchSpans?: boolean
+  /**
+   * An already listening socket to serve instead of binding `socketPath` (systemd socket
+   * activation). The server owns it from here and closes it, but never unlinks `socketPath`:
+   * the socket file belongs to whoever created it. The lock file is still taken.
+   */
+  readonly listenFd?: number
+  /** Hand-written message handlers from several sources (e.g. `--tag`), merged by `mergeHooks`. */
+  readonly hooks?: ReadonlyArray<ConnectionHooks>
+}
+
+/**
+ * One `ConnectionHooks` from several. Where two sources hook the same message they run in
+ * order: the next one runs only when the previous one forwarded the message unchanged.
+ * null when nothing is hooked (the connection's zero-cost default path).
+ */
+export const mergeHooks = (sources: ReadonlyArray<ConnectionHooks>): ConnectionHooks | null => {
+  const merge = (maps: ReadonlyArray<ConnectionHooks["requests"]>): ConnectionHooks["requests"] => {
+    const out = new Map<MessageDesc, MessageHook>()
+    for (const m of maps) {
+      for (const [desc, hook] of m) {
+        const prev = out.get(desc)
+        const chained: MessageHook = (msg) => {
+          const r = prev!(msg)
+          return r._tag === "Forward" ? hook(msg) : r
+        }
+        out.set(desc, prev === undefined ? hook : chained)
+      }
+    }
+    return out
+  }
+  const requests = merge(sources.map((h) => h.requests))
+  const events = merge(sources.map((h) => h.events))
+  return requests.size === 0 && events.size === 0 ? null : { requests, events }
 }
 
 /** What a running server exposes to its owner (CLI, demo, tests). */
@@ -79,17 +113,21 @@ export const serve = (options: ServeOptions): Effect.Effect<Server, ServeError, 
           : new ServeError({ reason: "Socket", message: `cannot lock ${options.socketPath}.lock: ${e.message}` })
       )
     )
-    // Holding the lock, a socket file left behind is stale: replace it.
-    if (existsSync(options.socketPath) || isDanglingLink(options.socketPath)) {
+    // Holding the lock, a socket file left behind is stale: replace it (not an activated one).
+    if (options.listenFd === undefined && (existsSync(options.socketPath) || isDanglingLink(options.socketPath))) {
       yield* Effect.try({
         try: () => unlinkSync(options.socketPath),
         catch: (e) => new ServeError({ reason: "Socket", message: `cannot remove stale ${options.socketPath}: ${String(e)}` })
       })
       yield* Effect.logInfo(`replaced stale socket ${options.socketPath}`)
     }
-    const listenFd = yield* listenUnix(options.socketPath).pipe(
-      Effect.mapError((e) => new ServeError({ reason: "Socket", message: `cannot listen on ${options.socketPath}: ${e.message}` }))
-    )
+    const listenFd =
+      options.listenFd !== undefined
+        ? yield* Effect.acquireRelease(Effect.succeed(options.listenFd), (fd) => Effect.sync(() => closeFd(fd)))
+        : yield* listenUnix(options.socketPath).pipe(
+            Effect.mapError((e) => new ServeError({ reason: "Socket", message: `cannot listen on ${options.socketPath}: ${e.message}` }))
+          )
+    const hooks = mergeHooks(options.hooks ?? [])
 
     const live = new Set<Connection>()
     const ended = emptyStats()
@@ -99,6 +137,9 @@ export const serve = (options: ServeOptions): Effect.Effect<Server, ServeError, 
     const fibers = yield* FiberSet.make<void, never>()
     const run = yield* FiberSet.runtime(fibers)<never>()
     const parentSpan = yield* Effect.serviceOption(Tracer.ParentSpan)
+    // Batch spans run synchronously on the caller's runtime so they reach its tracer (an OTLP
+    // exporter, say); the default runtime's tracer would drop them.
+    const runSync = Runtime.runSync(yield* Effect.runtime<never>())
 
     const handleClient = (fd: number, id: number): Effect.Effect<void, never, Scope.Scope> =>
       Effect.gen(function* () {
@@ -123,7 +164,7 @@ export const serve = (options: ServeOptions): Effect.Effect<Server, ServeError, 
         const onBatch =
           options.batchSpans === true
             ? (info: { direction: string; messages: number; bytes: number; fds: number }) =>
-                Effect.runSync(
+                runSync(
                   Effect.void.pipe(
                     Effect.withSpan("sommelier.batch", {
                       attributes: { "sommelier.client": id, direction: info.direction, messages: info.messages, bytes: info.bytes, fds: info.fds },
@@ -133,6 +174,7 @@ export const serve = (options: ServeOptions): Effect.Effect<Server, ServeError, 
                 )
             : null
         const conn = new Connection(client, host, {
+          hooks,
           id,
           registry,
           deniedGlobals: options.deniedGlobals ?? defaultDeniedGlobals,
