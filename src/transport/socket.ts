@@ -262,12 +262,18 @@ export class SocketEndpoint {
    * "sent": all written. "queued": the rest (a copy) waits for `flush()` on EPOLLOUT.
    * "overflow": pendingBytes + length would exceed maxPendingBytes: nothing is sent or queued and
    * the fds are closed — the stream is intact but this write is lost, so the caller should end
-   * the connection. Throws SyscallError (EPIPE, ECONNRESET…) after closing the unsent fds.
+   * the connection. Throws SyscallError (EPIPE, ECONNRESET…) after closing the unsent fds;
+   * RangeError for a slice outside `data`; TransportError "Closed" after close().
    */
   write(data: Uint8Array, offset: number, length: number, fds: readonly number[]): WriteResult {
     if (this.#closed) {
       closeRange(fds, 0)
       throw new TransportError({ reason: "Closed", message: "write on a closed endpoint" })
+    }
+    if (!(offset >= 0 && length >= 0 && offset + length <= data.length)) {
+      // Raw addresses go to the kernel: an out-of-range length would send our own memory.
+      closeRange(fds, 0)
+      throw new RangeError(`write(offset ${offset}, length ${length}) outside a ${data.length}-byte buffer`)
     }
     const batches = Math.ceil(fds.length / MAX_FDS_PER_SENDMSG)
     if (batches > length) {

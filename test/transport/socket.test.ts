@@ -161,7 +161,7 @@ describe("SocketEndpoint", () => {
     )
   )
 
-  it.scoped("rejects more fd batches than bytes, closing the fds", () =>
+  it.scoped("rejects more fd batches than bytes and out-of-range slices, closing the fds", () =>
     expectNoFdLeak(
       Effect.scoped(
         Effect.gen(function* () {
@@ -169,6 +169,11 @@ describe("SocketEndpoint", () => {
           const fds = Array.from({ length: MAX_FDS_PER_SENDMSG + 1 }, (_, i) => taggedFd(i + 1))
           expect(() => a.write(new Uint8Array(1), 0, 1, fds)).toThrow(TransportError)
           for (const fd of fds) expect(isOpen(fd)).toBe(false)
+          // Out-of-range slices never reach the kernel (it would read past the buffer).
+          const fd = taggedFd(1)
+          expect(() => a.write(new Uint8Array(8), 4, 5, [fd])).toThrow(RangeError)
+          expect(isOpen(fd)).toBe(false)
+          expect(() => a.write(new Uint8Array(8), -1, 2, [])).toThrow(RangeError)
         })
       )
     )
