@@ -35,13 +35,27 @@ export interface ConnectionLimits {
   readonly maxClientBacklog: number
   /** Bytes queued toward the compositor before the proxy stops reading that client. */
   readonly hostBackpressure: number
+  /**
+   * Hard bound on bytes queued toward a compositor that does not read, beyond which the client
+   * is cut. Normally unreachable: the client is paused at `hostBackpressure` first.
+   */
+  readonly maxHostBacklog: number
+  /**
+   * fds one client may have in flight: received from it and not yet forwarded (waiting for the
+   * message that carries them) plus queued toward the compositor. Every one is an open fd of
+   * the proxy's process, shared by all clients, so one client must not be able to exhaust it.
+   */
+  readonly maxFdsInFlight: number
 }
 
 export const defaultLimits: ConnectionLimits = {
   maxMessageSize: 4096,
   maxObjects: 100_000,
   maxClientBacklog: 16 * 1024 * 1024,
-  hostBackpressure: 1024 * 1024
+  hostBackpressure: 1024 * 1024,
+  maxHostBacklog: 16 * 1024 * 1024,
+  // libwayland's classic fd ring buffer held 1024 fds per connection.
+  maxFdsInFlight: 1024
 }
 
 /** Counters of what one connection forwarded; summed by the listener for `demo`'s summary. */
@@ -214,6 +228,11 @@ export class Connection {
   private readonly deleteIdDesc: MessageDesc
   private readonly errorDesc: MessageDesc
   private hostSentError = false
+  /**
+   * fds handed to the compositor socket since its queue was last empty: an upper bound on the fds
+   * it still holds (the endpoint does not say which of them a partial write already sent).
+   */
+  private hostFdsQueued = 0
   private readonly requestHooks: ReadonlyMap<MessageDesc, MessageHook> | null
   private readonly eventHooks: ReadonlyMap<MessageDesc, MessageHook> | null
   /** Set while the client is not being read because the compositor is backlogged. */
@@ -350,10 +369,24 @@ export class Connection {
       this.stats.requestFds += nfds
       this.stats.batches++
       if (res === "overflow") {
-        this.end({ _tag: "Limit", limit: "host backlog", message: `more than ${this.options.limits.hostBackpressure} bytes queued toward the compositor` })
+        this.end({
+          _tag: "Limit",
+          limit: "host backlog",
+          message: `the compositor does not read: more than ${this.options.limits.maxHostBacklog} bytes queued toward it`
+        })
         return false
       }
+      this.hostFdsQueued = this.host.pendingBytes > 0 ? this.hostFdsQueued + nfds : 0
       if (this.options.onBatch !== null) this.options.onBatch({ direction: "request", messages, bytes: outLen, fds: nfds })
+    }
+    const inFlight = ep.inFds.length + this.hostFdsQueued
+    if (inFlight > this.options.limits.maxFdsInFlight) {
+      this.end({
+        _tag: "Limit",
+        limit: "fds in flight",
+        message: `${inFlight} fds in flight (received and not yet forwarded, or queued toward the compositor), more than ${this.options.limits.maxFdsInFlight}`
+      })
+      return false
     }
     return true
   }
@@ -750,7 +783,9 @@ export class Connection {
   /** The compositor socket became writable: flush, and say whether the client may be read again. */
   onHostWritable(): boolean {
     try {
-      return this.host.flush()
+      const drained = this.host.flush()
+      if (drained) this.hostFdsQueued = 0
+      return drained
     } catch (e) {
       this.end({ _tag: "IoError", message: `compositor write failed: ${String(e)}` })
       return true

@@ -155,7 +155,7 @@ export const serve = (options: ServeOptions): Effect.Effect<Server, ServeError, 
           return
         }
         const host = yield* Effect.acquireRelease(
-          Effect.sync(() => new SocketEndpoint(hostFd.right, { maxPendingBytes: Number.MAX_SAFE_INTEGER })),
+          Effect.sync(() => new SocketEndpoint(hostFd.right, { maxPendingBytes: limits.maxHostBacklog })),
           (ep) => Effect.sync(() => ep.close())
         )
         const done = yield* Deferred.make<ConnectionEndReason>()
