@@ -6,12 +6,12 @@
  * It knows paths, locks and lifetimes; it does not parse messages (connection.ts does) and does
  * not know how the CLI found its options.
  */
-import { Deferred, Effect, Exit, FiberSet, Runtime, Scope, Tracer } from "effect"
+import { Data, Deferred, Effect, Exit, FiberSet, Runtime, Scope, Tracer } from "effect"
 import { Protocols } from "../protocol/registry.js"
 import { EPOLLIN, EPOLLOUT, Reactor, type Watch } from "../transport/reactor.js"
 import { acceptUnix, connectUnix, listenUnix, lockFile, SocketEndpoint } from "../transport/socket.js"
 import { closeFd } from "../transport/socket.js"
-import { Connection, type ConnectionHooks, type ConnectionLimits, defaultDeniedGlobals, defaultLimits, type ConnectionStats, emptyStats, setFdCloser } from "./connection.js"
+import { Connection, type ConnectionHooks, type ConnectionLimits, type Endpoint, defaultDeniedGlobals, defaultLimits, type ConnectionStats, emptyStats, setFdCloser } from "./connection.js"
 import type { ConnectionEndReason } from "./errors.js"
 import { encodeMessage } from "../wire/index.js"
 import type { MessageDesc } from "../protocol/types.js"
@@ -41,7 +41,59 @@ export interface ServeOptions {
   readonly listenFd?: number
   /** Hand-written message handlers from several sources (e.g. `--tag`), merged by `mergeHooks`. */
   readonly hooks?: ReadonlyArray<ConnectionHooks>
+  /**
+   * How each client's host side is opened; default `localConnector(hostPath)` (a Unix socket to
+   * the compositor). With another connector `hostPath` is only a label for logs and `Server`.
+   */
+  readonly connector?: HostConnector
 }
+
+/** One client's host side, as a connector opened it. */
+export interface HostSide {
+  /** Where the client's requests go and its events come from; the reactor watches `fd` for EPOLLIN. */
+  readonly endpoint: Endpoint
+  /** Hooks this transport needs for this client; they run before the server-wide `hooks`. */
+  readonly hooks?: ConnectionHooks | null
+  /** Called once the client's connection exists (e.g. so the endpoint can end it on a failure). */
+  readonly attach?: (conn: Connection) => void
+}
+
+/** A client's host side could not be opened: `message` is told to the client, `log` (default: the same) logged. */
+export class HostConnectError extends Data.TaggedError("HostConnectError")<{ readonly message: string; readonly log?: string }> {}
+
+/**
+ * How a client's host side is reached: a Unix socket to the compositor (local mode,
+ * `localConnector`) or a cross-domain channel over virtio-gpu (src/transport/crossdomain/).
+ * `connect` runs once per client; what it opens is released with the client's scope.
+ */
+export interface HostConnector {
+  /** Where clients are forwarded, for logs, e.g. the compositor's socket path. */
+  readonly description: string
+  readonly connect: (client: { readonly id: number; readonly limits: ConnectionLimits }) => Effect.Effect<HostSide, HostConnectError, Scope.Scope>
+}
+
+/** Local mode: one connection to the compositor's socket per client; fds pass straight through. */
+export const localConnector = (hostPath: string): HostConnector => ({
+  description: hostPath,
+  connect: ({ limits }) =>
+    Effect.gen(function* () {
+      const fd = yield* connectUnix(hostPath).pipe(
+        Effect.mapError((e) =>
+          e.code === "EMFILE" || e.code === "ENFILE"
+            ? new HostConnectError({
+                message: `the proxy is out of file descriptors (${e.code}); try again later`,
+                log: `the proxy is out of file descriptors (${e.code}); connected clients are not affected`
+              })
+            : new HostConnectError({ message: `cannot reach the host compositor at ${hostPath}: ${e.code}`, log: `host compositor unreachable (${e.message})` })
+        )
+      )
+      const endpoint = yield* Effect.acquireRelease(
+        Effect.sync(() => new SocketEndpoint(fd, { maxPendingBytes: limits.maxHostBacklog })),
+        (ep) => Effect.sync(() => ep.close())
+      )
+      return { endpoint }
+    })
+})
 
 /**
  * One `ConnectionHooks` from several. Where two sources hook the same message they run in
@@ -128,6 +180,7 @@ export const serve = (options: ServeOptions): Effect.Effect<Server, ServeError, 
             Effect.mapError((e) => new ServeError({ reason: "Socket", message: `cannot listen on ${options.socketPath}: ${e.message}` }))
           )
     const hooks = mergeHooks(options.hooks ?? [])
+    const connector = options.connector ?? localConnector(options.hostPath)
 
     const live = new Set<Connection>()
     const ended = emptyStats()
@@ -147,17 +200,15 @@ export const serve = (options: ServeOptions): Effect.Effect<Server, ServeError, 
           Effect.sync(() => new SocketEndpoint(fd, { maxPendingBytes: limits.maxClientBacklog })),
           (ep) => Effect.sync(() => ep.close())
         )
-        const hostFd = yield* Effect.either(connectUnix(options.hostPath))
-        if (hostFd._tag === "Left") {
+        const side = yield* Effect.either(connector.connect({ id, limits }))
+        if (side._tag === "Left") {
           // Refuse fast: the client learns why instead of hanging.
-          refuse(client, displayError, `sommelier: cannot reach the host compositor at ${options.hostPath}: ${hostFd.left.code}`)
-          yield* Effect.logWarning(`client ${id} refused: host compositor unreachable (${hostFd.left.message})`)
+          refuse(client, displayError, `sommelier: ${side.left.message}`)
+          yield* Effect.logWarning(`client ${id} refused: ${side.left.log ?? side.left.message}`)
           return
         }
-        const host = yield* Effect.acquireRelease(
-          Effect.sync(() => new SocketEndpoint(hostFd.right, { maxPendingBytes: limits.maxHostBacklog })),
-          (ep) => Effect.sync(() => ep.close())
-        )
+        const host = side.right.endpoint
+        const clientHooks = side.right.hooks == null ? hooks : mergeHooks([side.right.hooks, ...(options.hooks ?? [])])
         const done = yield* Deferred.make<ConnectionEndReason>()
         const watches: Watch[] = []
         const span = yield* Effect.currentSpan.pipe(Effect.option)
@@ -174,7 +225,7 @@ export const serve = (options: ServeOptions): Effect.Effect<Server, ServeError, 
                 )
             : null
         const conn = new Connection(client, host, {
-          hooks,
+          hooks: clientHooks,
           id,
           registry,
           deniedGlobals: options.deniedGlobals ?? defaultDeniedGlobals,
@@ -188,6 +239,7 @@ export const serve = (options: ServeOptions): Effect.Effect<Server, ServeError, 
             Deferred.unsafeDone(done, Exit.succeed(reason))
           }
         })
+        side.right.attach?.(conn)
         live.add(conn)
         yield* Effect.addFinalizer(() =>
           Effect.sync(() => {
