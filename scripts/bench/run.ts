@@ -55,6 +55,8 @@ interface Settings {
   readonly rounds: number
   readonly only: ReadonlySet<TargetName> | null
   readonly profile: boolean
+  /** `--profile MODE,…`: only these modes (default all). */
+  readonly profileModes: readonly string[] | null
   readonly build: boolean
   readonly updateReadme: boolean
   readonly skip: ReadonlySet<string>
@@ -65,7 +67,7 @@ type TargetName = "direct" | "local" | "cross-domain" | "waypipe"
 const allTargets: readonly TargetName[] = ["direct", "local", "cross-domain", "waypipe"]
 
 const usage = `usage: npm run bench -- [--quick] [--no-pin] [--rounds N] [--only direct,local,cross-domain,waypipe]
-                         [--skip modes,memory,scaling,codec,reactor] [--profile] [--no-build]
+                         [--skip modes,memory,scaling,codec,reactor] [--profile [MODE,…]] [--no-build]
                          [--update-readme] [--out DIR]`
 
 const parseArgs = (argv: readonly string[]): Settings => {
@@ -74,6 +76,7 @@ const parseArgs = (argv: readonly string[]): Settings => {
   let rounds: number | null = null
   let only: Set<TargetName> | null = null
   let profile = false
+  let profileModes: string[] | null = null
   let build = true
   let updateReadme = false
   const skip = new Set<string>()
@@ -90,7 +93,10 @@ const parseArgs = (argv: readonly string[]): Settings => {
     else if (a === "--rounds") rounds = Number(value())
     else if (a === "--only") only = new Set(value().split(",") as TargetName[])
     else if (a === "--skip") for (const s of value().split(",")) skip.add(s)
-    else if (a === "--profile") profile = true
+    else if (a === "--profile") {
+      profile = true
+      if (argv[i + 1] !== undefined && !argv[i + 1]!.startsWith("--")) profileModes = value().split(",")
+    }
     else if (a === "--no-build") build = false
     else if (a === "--update-readme") updateReadme = true
     else if (a === "--out") out = value()
@@ -100,7 +106,7 @@ const parseArgs = (argv: readonly string[]): Settings => {
     } else throw new Error(`unknown option ${a}\n${usage}`)
   }
   if (only !== null) only.add("direct")
-  return { quick, pin, rounds: rounds ?? (quick ? 2 : 5), only, profile, build, updateReadme, skip, out }
+  return { quick, pin, rounds: rounds ?? (quick ? 2 : 5), only, profile, profileModes, build, updateReadme, skip, out }
 }
 
 /** Sizes of every measurement; quick keeps the whole run under a minute. */
@@ -734,22 +740,31 @@ const runReactor = async (settings: Settings): Promise<{ table: string; rows: un
 const runProfiles = async (env: Env, weston: Weston, s: ReturnType<typeof sizes>): Promise<Record<string, ProfileSummary>> => {
   const dir = join(env.settings.out, "profiles")
   mkdirSync(dir, { recursive: true })
-  const args = modeArgs(s)
+  // Full sizes and more work than a bench round, so steady-state traffic dominates the profile.
+  const args = modeArgs(sizes(false))
+  args["burst"] = ["burst", 100000]
+  args["sync"] = ["sync", 50000, 1000]
+  args["connect"] = ["connect", 200, 0]
   const out: Record<string, ProfileSummary> = {}
-  for (const mode of ["roundtrip", "burst", "sync", "shm-full", "connect"]) {
+  const modes = env.settings.profileModes ?? ["roundtrip", "burst", "sync", "shm-full", "shm-partial", "connect"]
+  for (const mode of modes) {
     const name = `local-${mode}.cpuprofile`
     rmSync(join(dir, name), { force: true })
-    const { target, child } = await startLocal(env, weston, ["--cpu-prof", "--cpu-prof-dir", dir, "--cpu-prof-name", name], `profile-${mode}`)
+    const { target, child } = await startLocal(env, weston, ["--cpu-prof", "--cpu-prof-interval", "250", "--cpu-prof-dir", dir, "--cpu-prof-name", name], `profile-${mode}`)
+    // One client first so that start-up and first-connection work fall before the window.
+    await runClient(env, target, ["roundtrip", 20, 5])
+    await sleep(200)
+    const fromUs = Number(process.hrtime.bigint() / 1000n)
     try {
       // Several runs so the profile is dominated by steady-state traffic.
-      for (let i = 0; i < 5; i++) await runClient(env, target, args[mode]!)
+      for (let i = 0; i < 3; i++) await runClient(env, target, args[mode]!)
     } finally {
       await stopDaemon(child, "SIGINT")
     }
     const file = join(dir, name)
     if (existsSync(file)) {
-      out[mode] = summarizeProfile(file, { top: 15, root })
-      console.log(`\n### profile of the local proxy: ${mode} (${file})\n\n${formatProfile(out[mode]!)}`)
+      out[mode] = summarizeProfile(file, { top: 20, root, fromUs })
+      console.log(`\n### profile of the local proxy: ${mode} (${file}, steady state from ${fromUs} µs)\n\n${formatProfile(out[mode]!)}`)
     } else {
       console.log(`profile for ${mode}: no profile written (${tail(join(env.runDir, `profile-${mode}.log`))})`)
     }
@@ -809,6 +824,12 @@ const updateReadme = (section: string): void => {
 
 const main = async (settings: Settings, weston: Weston): Promise<void> => {
   const t0 = Date.now()
+  let tPhase = t0
+  const phaseDone = (name: string): void => {
+    const now = Date.now()
+    console.log(`(${name}: ${((now - tPhase) / 1000).toFixed(1)} s)`)
+    tPhase = now
+  }
   const s = sizes(settings.quick)
   const meter = loadMeter()
   const mach = machine()
@@ -844,6 +865,7 @@ const main = async (settings: Settings, weston: Weston): Promise<void> => {
   await tryStart("cross-domain", () => startCrossDomain(env, weston))
   await tryStart("waypipe", () => startWaypipe(env, weston))
   console.log(`targets: ${targets.map((t) => t.name).join(", ")}; logs in ${runDir}`)
+  phaseDone("setup")
 
   const ms = measures(s)
   const result: Record<string, unknown> = { date, machine: mach, settings: { ...settings, only: settings.only && [...settings.only], skip: [...settings.skip] }, sizes: s, unavailable }
@@ -858,6 +880,7 @@ const main = async (settings: Settings, weston: Weston): Promise<void> => {
     console.log("\n" + table)
     sections.push(table)
     Object.assign(result, { modes: cells, raw, errors })
+    phaseDone("latency and throughput")
   }
 
   const proxies = targets.filter((t) => t.name !== "direct")
@@ -875,6 +898,7 @@ const main = async (settings: Settings, weston: Weston): Promise<void> => {
     console.log("\n" + table)
     sections.push(table)
     result["memory"] = rows
+    phaseDone("memory")
   }
 
   if (!settings.skip.has("scaling") && proxies.length > 0) {
@@ -884,7 +908,11 @@ const main = async (settings: Settings, weston: Weston): Promise<void> => {
     console.log("\n" + table)
     sections.push(table)
     result["scaling"] = rows
+    phaseDone("scaling")
   }
+
+  // The proxies are done: stop them so nothing of ours competes with the in-process rows.
+  await stopAll()
 
   if (!settings.skip.has("codec")) {
     console.log("\n## data path over captured traffic (in process, no syscalls)")
@@ -893,6 +921,7 @@ const main = async (settings: Settings, weston: Weston): Promise<void> => {
     console.log("\n" + table)
     sections.push(table)
     result["codec"] = rows
+    phaseDone("codec")
   }
 
   if (!settings.skip.has("reactor")) {
@@ -906,6 +935,7 @@ const main = async (settings: Settings, weston: Weston): Promise<void> => {
       sections.push(r.table)
       result["reactor"] = r.rows
     }
+    phaseDone("reactor")
   }
 
   if (settings.profile && targets.some((t) => t.name === "local")) {
