@@ -3,7 +3,8 @@
  * fd snapshot; the body runs in its own scope (so its clients are killed and its sockets closed
  * when it ends), then the process must be back to the snapshot's fds with no client left.
  * The snapshot is taken after the fixtures started, so their own fds (weston's pipes, the
- * reactor, the listening socket and its lock) are allowed for.
+ * reactor, the listening socket and its lock) are allowed for. Finally the proxy must have
+ * reported no internal error (an exception escaping its data path).
  */
 import { Effect, type Scope } from "effect"
 import type { HostError } from "../../src/host/weston.js"
@@ -26,5 +27,7 @@ export const withProxy = <A, E>(
     const before = fdSnapshot()
     const result = yield* Effect.scoped(body({ host: h, proxy }))
     yield* expectNoFdLeak(before, proxy.server)
+    const internal = proxy.internalErrors()
+    if (internal.length > 0) return yield* Effect.fail(new Error(`the proxy reported ${internal.length} internal error(s):\n${internal.join("\n")}`))
     return result
   })

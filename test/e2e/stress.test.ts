@@ -11,10 +11,14 @@
  * - 200 connect / get_registry+sync roundtrip / close cycles (hand-encoded bytes) each see the
  *   globals and the sync's done, and leave no fd behind in this process (the proxy runs
  *   in-process, so its fds are this process's fds).
+ * - 40 animating clients (weston-simple-shm) SIGKILLed while frame events stream to them are
+ *   each ended cleanly: no exception escapes the proxy's data path (a write toward a client that
+ *   just vanished fails with EPIPE; that must end the connection, not throw into the reactor),
+ *   none stays connected, no fd leaks, and a new client is served afterwards.
  */
 import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
-import { buildClient, spawnClient } from "../helpers/clients.js"
+import { buildClient, runClientOk, spawnClient } from "../helpers/clients.js"
 import { transports } from "../helpers/proxy.js"
 import { headlessHost } from "../helpers/weston.js"
 import { withProxy } from "./fixture.js"
@@ -133,6 +137,31 @@ for (const transport of transports) {
             )
           }
           expect(proxy.server.totalClients()).toBe(CYCLES)
+        })
+      )
+    )
+
+    it.scopedLive("clients killed while events stream to them are ended cleanly", () =>
+      withProxy(transport, headlessHost(), ({ proxy }) =>
+        Effect.gen(function* () {
+          for (let round = 0; round < 5; round++) {
+            yield* Effect.scoped(
+              Effect.gen(function* () {
+                const clients = yield* Effect.forEach(Array.from({ length: 8 }), () => spawnClient("weston-simple-shm", [], { env: proxy.env }))
+                yield* Effect.sleep("150 millis")
+                for (const c of clients) {
+                  expect(c.alive(), c.stderr()).toBe(true)
+                  yield* c.kill("SIGKILL")
+                  // Spread the kills over the frame clock so some land mid-batch.
+                  yield* Effect.sleep("7 millis")
+                }
+              })
+            )
+          }
+          yield* pollUntil("the killed clients to be gone", () => proxy.server.activeClients() === 0)
+          expect(proxy.internalErrors()).toEqual([])
+          const info = yield* runClientOk("wayland-info", [], { env: proxy.env })
+          expect(info.stdout.toString("utf8")).toMatch(/wl_compositor/)
         })
       )
     )

@@ -24,6 +24,11 @@ export interface ProxyFixture {
   /** Environment for clients of the proxy: XDG_RUNTIME_DIR + WAYLAND_DISPLAY, no WAYLAND_SOCKET. */
   readonly env: NodeJS.ProcessEnv
   readonly server: Server
+  /**
+   * Internal errors the proxy reported so far (here: exceptions that escaped a reactor handler,
+   * which the reactor contains by closing that watch). A correct proxy reports none.
+   */
+  readonly internalErrors: () => ReadonlyArray<string>
 }
 
 export interface TransportFixture {
@@ -56,9 +61,13 @@ export const local: TransportFixture = {
       const socketPath = join(dir, SOCKET_NAME)
       // Layer.build ties the reactor's lifetime to the test's scope (Effect.provide would release
       // it as soon as `serve` returned).
-      const context = yield* Layer.build(Layer.mergeAll(Reactor.layer, Protocols.layer))
+      const errors: string[] = []
+      const onError = (fd: number, error: unknown): void => {
+        errors.push(`reactor handler for fd ${fd} threw: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`)
+      }
+      const context = yield* Layer.build(Layer.mergeAll(Reactor.layerWith({ onError }), Protocols.layer))
       const server = yield* serve({ socketPath, hostPath: hostSocketPath }).pipe(Effect.provide(context))
-      return { socketPath, env: clientEnv(dir, SOCKET_NAME), server }
+      return { socketPath, env: clientEnv(dir, SOCKET_NAME), server, internalErrors: () => errors }
     })
 }
 
