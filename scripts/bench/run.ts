@@ -726,7 +726,9 @@ const runReactor = async (settings: Settings): Promise<{ table: string; rows: un
   const format = mod["formatReactorTable"]
   if (typeof run !== "function") return `not available yet (reactor.ts exports no runReactorBench; exports: ${Object.keys(mod).join(", ")})`
   try {
-    const rows: unknown = await (run as (o: { quick: boolean; pin: boolean }) => unknown)({ quick: settings.quick, pin: settings.pin })
+    // Quick: only the 0-fd row (each row starts its own node proxy, slow on a busy machine).
+    const options = { quick: settings.quick, pin: settings.pin, ...(settings.quick ? { fds: [0] } : {}) }
+    const rows: unknown = await (run as (o: typeof options) => unknown)(options)
     const table = typeof format === "function" ? String((format as (r: unknown) => string)(rows)) : "```\n" + JSON.stringify(rows, null, 2) + "\n```"
     return { table, rows }
   } catch (e) {
@@ -857,7 +859,9 @@ const main = async (settings: Settings, weston: Weston): Promise<void> => {
       await runClient(env, t, ["roundtrip", 20, 5], 30000)
       targets.push(t)
     } catch (e) {
-      unavailable[name] = (e as Error).message.split("\n")[0]!
+      // One line: the failure and the last line the process wrote (its log has the rest).
+      const lines = (e as Error).message.split("\n").map((l) => l.trim()).filter((l) => l !== "" && l !== "^")
+      unavailable[name] = [lines[0], ...lines.slice(1).filter((l) => /error|Error|cannot|not /.test(l)).slice(0, 1)].join(" … ")
       console.log(`${name}: not available yet (${unavailable[name]})`)
     }
   }
