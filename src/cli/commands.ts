@@ -4,6 +4,8 @@
  * accepting, close every client and remove the socket and its lock.
  */
 import { Args, Command, Options } from "@effect/cli"
+import { emulateHostCommand } from "./emulate.js"
+import { probeCommand } from "./probe.js"
 import { Duration, Effect, Layer, Option } from "effect"
 import { spawn } from "node:child_process"
 import { copyFileSync, mkdtempSync, readdirSync, rmSync } from "node:fs"
@@ -266,5 +268,5 @@ const require_mkdir = (d: string): void => {
 
 export const commands = Command.make("sommelier").pipe(
   Command.withDescription("Wayland proxy for virtual machine guests"),
-  Command.withSubcommands([serveCommand, runCommand, demoCommand])
+  Command.withSubcommands([serveCommand, runCommand, demoCommand, emulateHostCommand, probeCommand])
 )
