@@ -34,7 +34,7 @@ import {
 import { EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, type ReactorService, type Watch } from "../transport/reactor.js"
 import { connectUnix, SocketEndpoint } from "../transport/socket.js"
 import { imageRequirements, MAP_ACCESS_RW, type ImageRequirements } from "./formats.js"
-import { MAX_FDS, MsgIo } from "./msg.js"
+import { MsgIo } from "./msg.js"
 
 // Cross-domain protocol (spec §3)
 export const CMD_INIT = 1
@@ -673,4 +673,3 @@ export class CrossDomainContext<F extends Fence = Fence> {
   }
 }
 
-export const MAX_RECEIVE_FDS = MAX_FDS

@@ -314,6 +314,20 @@ describe("emulated virtio-gpu against emulate-host + weston", () => {
       }
     }))
 
+  it("serves many device files at once, each with its own compositor connection", () =>
+    noLeak(async () => {
+      const guests = Array.from({ length: 4 }, () => new TestGuest(emu.socketPath))
+      try {
+        guests.forEach((g) => g.submit(sendCmd(registryAndSync())))
+        const results = await Promise.all(guests.map((g) => collectUntilDone(g)))
+        for (const r of results) expect(r.events.filter((e) => e.objectId === 2).length).toBeGreaterThan(5)
+        const files = guests[0]!.dev.debugState().files.filter((f) => f.context?.crossDomain?.["connected"] === true)
+        expect(files.length).toBeGreaterThanOrEqual(4)
+      } finally {
+        guests.forEach((g) => g.close())
+      }
+    }))
+
   it("closing the device file tears down the host context and its compositor connection", () =>
     noLeak(async () => {
       const g = new TestGuest(emu.socketPath)
