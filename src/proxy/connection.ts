@@ -285,6 +285,7 @@ export class Connection {
     if (this.client.inEnd > this.client.inStart) {
       if (!this.processRequests()) return false
     }
+    if (!this.checkFdsInFlight()) return false
     if (r === "eof") {
       this.end({ _tag: "ClientClosed" })
       return false
@@ -363,7 +364,15 @@ export class Connection {
     if (outLen > 0 || this.outFds.length > fdsBefore) {
       const fds = this.outFds.splice(0)
       const nfds = fds.length
-      const res = this.host.write(this.out, 0, outLen, fds)
+      let res: "sent" | "queued" | "overflow"
+      try {
+        res = this.host.write(this.out, 0, outLen, fds)
+      } catch (e) {
+        // The compositor closed its end (EPIPE), typically right after posting a
+        // wl_display.error: read what it sent first, so the client gets that error.
+        if (this.onHostReadable()) this.end({ _tag: "IoError", message: `compositor write failed: ${String(e)}` })
+        return false
+      }
       this.stats.requests += messages
       this.stats.requestBytes += outLen
       this.stats.requestFds += nfds
@@ -379,16 +388,19 @@ export class Connection {
       this.hostFdsQueued = this.host.pendingBytes > 0 ? this.hostFdsQueued + nfds : 0
       if (this.options.onBatch !== null) this.options.onBatch({ direction: "request", messages, bytes: outLen, fds: nfds })
     }
-    const inFlight = ep.inFds.length + this.hostFdsQueued
-    if (inFlight > this.options.limits.maxFdsInFlight) {
-      this.end({
-        _tag: "Limit",
-        limit: "fds in flight",
-        message: `${inFlight} fds in flight (received and not yet forwarded, or queued toward the compositor), more than ${this.options.limits.maxFdsInFlight}`
-      })
-      return false
-    }
     return true
+  }
+
+  /** After every read: one client may not pin more of the process's fds than the limit. */
+  private checkFdsInFlight(): boolean {
+    const inFlight = this.client.inFds.length + this.hostFdsQueued
+    if (inFlight <= this.options.limits.maxFdsInFlight) return true
+    this.end({
+      _tag: "Limit",
+      limit: "fds in flight",
+      message: `${inFlight} fds in flight (received and not yet forwarded, or queued toward the compositor), more than ${this.options.limits.maxFdsInFlight}`
+    })
+    return false
   }
 
   /** Walks a request's arguments in `out` (a copy of the frame), mapping ids and creating objects. */
@@ -613,7 +625,15 @@ export class Connection {
     if (outLen > 0 || this.outFds.length > 0) {
       const fds = this.outFds.splice(0)
       const nfds = fds.length
-      const res = this.client.write(this.out, 0, outLen, fds)
+      let res: "sent" | "queued" | "overflow"
+      try {
+        res = this.client.write(this.out, 0, outLen, fds)
+      } catch (e) {
+        // The client went away while its events were on the way.
+        const code = (e as { code?: unknown }).code
+        this.end(code === "EPIPE" || code === "ECONNRESET" ? { _tag: "ClientClosed" } : { _tag: "IoError", message: `client write failed: ${String(e)}` })
+        return false
+      }
       this.stats.events += messages
       this.stats.eventBytes += outLen
       this.stats.eventFds += nfds
