@@ -14,7 +14,7 @@ export const fixturesDir = join(dirname(fileURLToPath(import.meta.url)), "..", "
 
 type JsonStep =
   | { kind: "data"; direction: "request" | "event"; hex: string; fds: number; chunks?: number[] }
-  | { kind: "eof" | "drain"; side: "client" | "host" }
+  | { kind: "eof" | "vanish" | "drain"; side: "client" | "host" }
 
 export interface Fixture {
   /** What the input is and what went wrong with it. */

@@ -91,6 +91,8 @@ export class TrackedEndpoint implements Endpoint {
   inEnd = 0
   readonly inFds: number[] = []
   eof = false
+  /** The peer is gone: writes fail with EPIPE. */
+  gone = false
   closed = false
   stalled = false
   /** Every batch accepted by write() (sent or queued), in order. */
@@ -129,6 +131,10 @@ export class TrackedEndpoint implements Endpoint {
       for (const fd of fds) tracker.close(fd)
       throw new Error(`${this.name}: write after close`)
     }
+    if (this.gone) {
+      for (const fd of fds) tracker.close(fd)
+      throw Object.assign(new Error(`${this.name}: sendmsg: Broken pipe`), { code: "EPIPE" })
+    }
     if (this.queued + length > this.maxPending) {
       for (const fd of fds) tracker.close(fd)
       return "overflow"
@@ -145,6 +151,7 @@ export class TrackedEndpoint implements Endpoint {
 
   flush(): boolean {
     if (this.closed) return this.queued === 0
+    if (this.gone && this.queued > 0) throw Object.assign(new Error(`${this.name}: sendmsg: Broken pipe`), { code: "EPIPE" })
     if (this.stalled) return this.queued === 0
     for (const fds of this.queue) tracker.sent(fds, this.name)
     this.queue = []
@@ -263,6 +270,8 @@ export const runCase = (spec: CaseSpec): CaseResult => {
     const c = conn!
     const side = direction === "request" ? "client" : "host"
     const ep = direction === "request" ? client : host
+    // A peer that is gone sends nothing more.
+    if (ep.gone) return
     const given = t.give(fds, side)
     if (direction === "request") clientInput.push(bytes)
     const cuts = [...(chunks ?? []).filter((x) => x > 0 && x < bytes.length), bytes.length]
@@ -324,6 +333,15 @@ export const runCase = (spec: CaseSpec): CaseResult => {
             c.onHostReadable()
           }
           break
+        case "vanish":
+          if (step.side === "client") {
+            client.eof = true
+            client.gone = true
+          } else {
+            host.eof = true
+            host.gone = true
+          }
+          break
         case "drain":
           if (step.side === "client") {
             client.stalled = false
@@ -349,7 +367,8 @@ export const runCase = (spec: CaseSpec): CaseResult => {
   const end = ends[0] ?? null
   if (ends.length !== 1) problems.push(`onEnd called ${ends.length} times`)
   if (!client.closed || !host.closed) problems.push(`endpoints left open: client ${client.closed ? "closed" : "open"}, host ${host.closed ? "closed" : "open"}`)
-  if (end !== null && !["ClientClosed", "HostClosed", "ClientViolation", "HostViolation", "Limit"].includes(end._tag)) {
+  const vanished = spec.steps.some((s) => s.kind === "vanish")
+  if (end !== null && !["ClientClosed", "HostClosed", "ClientViolation", "HostViolation", "Limit", ...(vanished ? ["IoError"] : [])].includes(end._tag)) {
     problems.push(`unexpected end ${JSON.stringify(end)}`)
   }
   if (spec.oracle === "survive" && spec.limits === undefined && spec.stall === undefined && cut) {
@@ -386,7 +405,7 @@ export const runCase = (spec: CaseSpec): CaseResult => {
       (end._tag === "Limit" && end.limit !== "client backlog") ||
       (end._tag === "HostClosed" && !hostSentErrorFrame(toClient, cf)))
   // A client that does not read cannot be told: its queue, the error behind it, is dropped at close.
-  if (told && !client.stalled && typeof cf !== "string") {
+  if (told && !client.stalled && !client.gone && typeof cf !== "string") {
     const last = cf[cf.length - 1]
     const frame = last === undefined ? undefined : toClient.subarray(last)
     if (frame === undefined || readU32(frame, 0) !== 1 || (readU32(frame, 4) & 0xffff) !== 0) {

@@ -17,8 +17,10 @@ import type { Rng } from "./rng.js"
 export type Step =
   /** Bytes (and `fds` fresh fds, riding on the first chunk) arriving from one side. */
   | { readonly kind: "data"; readonly direction: Direction; readonly bytes: Uint8Array; readonly fds: number; readonly chunks?: ReadonlyArray<number> }
-  /** That side closes its socket. */
+  /** That side closes its socket: reads see EOF. */
   | { readonly kind: "eof"; readonly side: "client" | "host" }
+  /** That side is gone: reads see EOF, writes fail with EPIPE (nothing is read until the next step). */
+  | { readonly kind: "vanish"; readonly side: "client" | "host" }
   /** A stalled peer starts reading again. */
   | { readonly kind: "drain"; readonly side: "client" | "host" }
 
@@ -41,6 +43,11 @@ export interface CaseSpec {
   /** Peers that do not read (their writes queue up) from the start. */
   readonly stall?: { readonly client?: boolean; readonly host?: boolean }
   readonly oracle?: Oracle
+  /**
+   * `steps[step..]` are the session's frames `[frame, frame + count)` unchanged (a real-socket
+   * runner replays those with live serials and pacing instead of as raw bytes).
+   */
+  readonly rest?: { readonly step: number; readonly frame: number; readonly count: number }
 }
 
 export interface GenerateOptions {
@@ -50,6 +57,8 @@ export interface GenerateOptions {
   readonly sessions?: ReadonlyArray<string>
   /** No limit variants, stalls or peer EOFs (real sockets run with the server's limits). */
   readonly plain?: boolean
+  /** Use only each session's first N frames. */
+  readonly frameLimit?: number
 }
 
 const u32Interesting = [0, 1, 2, 3, 4, 7, 8, 0x7f, 0x80, 0xff, 0x100, 0xfff, 0x1000, 0xffff, 0x10000, 0x7fffffff, 0x80000000, 0xfffffffc, 0xfffffffd, 0xfffffffe, 0xffffffff, 0xff000000, 0xff000001, 0xfeffffff]
@@ -211,7 +220,8 @@ const mutators: ReadonlyArray<readonly [string, number, Mutator]> = [
     "fds",
     8,
     (rng, f) => {
-      const v = Math.max(0, rng.pick([0, f.fds - 1, f.fds + 1, f.fds + 2, f.fds + rng.range(3, 60), rng.range(1020, 1100)]))
+      // Now and then a flood around the default fds-in-flight limit (1024).
+      const v = rng.chance(0.05) ? rng.range(1020, 1100) : Math.max(0, rng.pick([0, f.fds - 1, f.fds + 1, f.fds + 2, f.fds + rng.range(3, 60)]))
       return { bytes: f.bytes, fds: v, label: `fds ${f.fds}→${v}` }
     }
   ],
@@ -323,13 +333,18 @@ const limitVariant = (rng: Rng): { limits: Partial<ConnectionLimits>; stall?: { 
 /** One fuzz case from `rng`. */
 export const generateCase = (rng: Rng, options: GenerateOptions = {}): CaseSpec => {
   const pool = sessions().filter((s) => options.sessions === undefined || options.sessions.includes(s.name))
-  const s = rng.pick(pool)
+  const picked = rng.pick(pool)
+  const s: Session = options.frameLimit === undefined ? picked : { name: picked.name, frames: picked.frames.slice(0, options.frameLimit) }
   const candidates: number[] = []
   for (let i = 0; i < s.frames.length; i++) if (options.direction === undefined || s.frames[i]!.direction === options.direction) candidates.push(i)
   const k = rng.pick(candidates)
   const f = s.frames[k]!
   const only = options.direction
-  const suffix = (from: number): Step[] => framesAsSteps(rng, s.frames.slice(from, from + rng.range(0, 12)), only)
+  /** `head`, then 0–12 unchanged frames from `from` on. */
+  const withRest = (head: Step[], from: number): Pick<CaseSpec, "steps" | "rest"> => {
+    const frames = s.frames.slice(from, from + rng.range(0, 12))
+    return { steps: [...head, ...framesAsSteps(rng, frames, only)], rest: { step: head.length, frame: from, count: frames.length } }
+  }
 
   const variant = options.plain !== true && rng.chance(0.1) ? limitVariant(rng) : null
   const extra = (spec: CaseSpec): CaseSpec => {
@@ -350,26 +365,40 @@ export const generateCase = (rng: Rng, options: GenerateOptions = {}): CaseSpec 
     const steps = framesAsSteps(rng, s.frames.slice(k), only).map((st) =>
       st.kind === "data" && st.bytes.length > 1 ? { ...st, chunks: randomChunks(rng, st.bytes.length) ?? [rng.range(1, st.bytes.length - 1)] } : st
     )
-    return extra({ label: `${s.name}@${k}: rest of the session in random chunks`, session: s.name, prefix: k, steps, oracle: "survive" })
+    return extra({
+      label: `${s.name}@${k}: rest of the session in random chunks`,
+      session: s.name,
+      prefix: k,
+      steps,
+      oracle: "survive",
+      rest: { step: 0, frame: k, count: s.frames.length - k }
+    })
   }
   if (kind < 10) {
-    const steps: Step[] = [dataStep(rng, f.direction, f.bytes, f.fds), dataStep(rng, f.direction, f.bytes, f.fds), ...suffix(k + 1)]
-    return extra({ label: `${s.name}@${k}: duplicated`, session: s.name, prefix: k, steps })
+    const body = withRest([dataStep(rng, f.direction, f.bytes, f.fds), dataStep(rng, f.direction, f.bytes, f.fds)], k + 1)
+    return extra({ label: `${s.name}@${k}: duplicated`, session: s.name, prefix: k, ...body })
   }
   if (kind < 13) {
-    return extra({ label: `${s.name}@${k}: dropped`, session: s.name, prefix: k, steps: suffix(k + 1) })
+    return extra({ label: `${s.name}@${k}: dropped`, session: s.name, prefix: k, ...withRest([], k + 1) })
   }
   if (kind < 16 && k + 1 < s.frames.length) {
     const g = s.frames[k + 1]!
-    const steps: Step[] = [dataStep(rng, g.direction, g.bytes, g.fds), dataStep(rng, f.direction, f.bytes, f.fds), ...suffix(k + 2)]
-    return extra({ label: `${s.name}@${k}: swapped with the next frame`, session: s.name, prefix: k, steps })
+    const body = withRest([dataStep(rng, g.direction, g.bytes, g.fds), dataStep(rng, f.direction, f.bytes, f.fds)], k + 2)
+    return extra({ label: `${s.name}@${k}: swapped with the next frame`, session: s.name, prefix: k, ...body })
   }
   if (kind < 20 && options.plain !== true) {
     // A peer goes away mid-message.
     const cut = rng.int(f.bytes.length)
     const side = f.direction === "request" ? "client" : "host"
-    const steps: Step[] = [dataStep(rng, f.direction, f.bytes.slice(0, cut), f.fds), { kind: "eof", side: rng.chance(0.7) ? side : side === "client" ? "host" : "client" }]
-    return extra({ label: `${s.name}@${k}: cut after ${cut} bytes, then EOF`, session: s.name, prefix: k, steps })
+    const gone = rng.chance(0.7) ? side : side === "client" ? "host" : "client"
+    if (rng.chance(0.5)) {
+      const steps: Step[] = [dataStep(rng, f.direction, f.bytes.slice(0, cut), f.fds), { kind: "eof", side: gone }]
+      return extra({ label: `${s.name}@${k}: cut after ${cut} bytes, then EOF`, session: s.name, prefix: k, steps })
+    }
+    // The peer vanishes while the other side still has traffic for it.
+    const after = framesAsSteps(rng, s.frames.slice(k + 1, k + 1 + rng.range(1, 8)))
+    const steps: Step[] = [dataStep(rng, f.direction, f.bytes.slice(0, cut), f.fds), { kind: "vanish", side: gone }, ...after]
+    return extra({ label: `${s.name}@${k}: cut after ${cut} bytes, then the ${gone} vanishes`, session: s.name, prefix: k, steps })
   }
   const n = kind < 90 ? 1 : rng.range(2, 4)
   let cur: Frame = f
@@ -383,12 +412,11 @@ export const generateCase = (rng: Rng, options: GenerateOptions = {}): CaseSpec 
     // Keep the annotation only while the bytes still are that message.
     cur = { ...cur, bytes: r.bytes, fds: r.fds, desc: r.bytes.length === cur.bytes.length ? cur.desc : null }
   }
-  const steps: Step[] = [dataStep(rng, f.direction, cur.bytes, cur.fds), ...suffix(k + 1)]
   return extra({
     label: `${s.name}@${k} (${f.iface ?? "?"}.${f.desc?.name ?? "?"}, ${f.direction}): ${labels.join("; ")}`,
     session: s.name,
     prefix: k,
-    steps,
+    ...withRest([dataStep(rng, f.direction, cur.bytes, cur.fds)], k + 1),
     ...(oracle !== undefined ? { oracle } : {})
   })
 }
