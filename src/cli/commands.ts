@@ -46,10 +46,29 @@ const maxClientBacklog = Options.integer("max-client-backlog").pipe(
   Options.withDescription("bytes queued toward a client that does not read before it is disconnected")
 )
 
-const limitsFrom = (o: { maxMessageSize: number; maxObjects: number; maxClientBacklog: number }): Partial<ConnectionLimits> => ({
+const maxHostBacklog = Options.integer("max-host-backlog").pipe(
+  Options.withDefault(16 * 1024 * 1024),
+  Options.withDescription(
+    "bytes queued toward a host compositor that does not read before the client is disconnected (the client is paused at 1 MiB first)"
+  )
+)
+const maxFdsInFlight = Options.integer("max-fds-in-flight").pipe(
+  Options.withDefault(1024),
+  Options.withDescription("fds a client may have in flight (received and not yet forwarded, or queued toward the compositor) before it is disconnected")
+)
+
+const limitsFrom = (o: {
+  maxMessageSize: number
+  maxObjects: number
+  maxClientBacklog: number
+  maxHostBacklog: number
+  maxFdsInFlight: number
+}): Partial<ConnectionLimits> => ({
   maxMessageSize: o.maxMessageSize,
   maxObjects: o.maxObjects,
-  maxClientBacklog: o.maxClientBacklog
+  maxClientBacklog: o.maxClientBacklog,
+  maxHostBacklog: o.maxHostBacklog,
+  maxFdsInFlight: o.maxFdsInFlight
 })
 
 const fail = (message: string): Effect.Effect<never, ServeError> => Effect.fail(new ServeError({ reason: "Socket", message }))
@@ -121,6 +140,8 @@ const serveCommand = Command.make(
     trace,
     maxMessageSize,
     maxObjects,
+    maxHostBacklog,
+    maxFdsInFlight,
     maxClientBacklog
   },
   (o) =>
@@ -151,6 +172,8 @@ const runCommand = Command.make(
     trace,
     maxMessageSize,
     maxObjects,
+    maxHostBacklog,
+    maxFdsInFlight,
     maxClientBacklog,
     program: Args.text({ name: "PROG" }).pipe(Args.withDescription("program to run with WAYLAND_DISPLAY pointing at the proxy")),
     args: Args.text({ name: "ARGS" }).pipe(Args.repeated)
