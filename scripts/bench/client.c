@@ -21,6 +21,11 @@
  *                             then every connection runs SYNCS pipelined syncs (WINDOW in flight),
  *                             prints the result and waits for stdin EOF
  *
+ * With BENCH_GATE=1 in the environment, roundtrip, burst, sync and shm print {"ready":true} once
+ * connected and warmed up, wait for a line on stdin before the timed part, and after printing
+ * the result stay connected until stdin reaches EOF: the runner reads the proxy's CPU time
+ * around exactly the timed part (and a profile window can exclude connection set-up).
+ *
  * libwayland 1.21 (Debian 12) makes a request fatal when its 4 KiB output buffer is full and the
  * socket returns EAGAIN, so every mode that writes faster than it reads flushes before the buffer
  * can fill and waits for POLLOUT when the flush is short.
@@ -303,6 +308,29 @@ static int serve_until_stdin(struct conn *cs, int n) {
 }
 
 /* ------------------------------------------------------------------------------------------- */
+/* BENCH_GATE */
+
+static int gated;
+
+static void gate_start(const char *mode) {
+  if (!gated) return;
+  printf("{\"mode\":\"%s\",\"ready\":true}\n", mode);
+  fflush(stdout);
+  char c;
+  while (read(0, &c, 1) == 1 && c != '\n') {
+  }
+}
+
+/* Stays connected (without dispatching: nothing is expected) until stdin reaches EOF. */
+static void gate_end(void) {
+  if (!gated) return;
+  fflush(stdout);
+  char buf[64];
+  while (read(0, buf, sizeof buf) > 0) {
+  }
+}
+
+/* ------------------------------------------------------------------------------------------- */
 /* Modes */
 
 static void mode_roundtrip(int n, int warmup) {
@@ -312,6 +340,7 @@ static void mode_roundtrip(int n, int warmup) {
     if (wl_display_roundtrip(c.display) < 0) die("roundtrip");
   double *t = malloc(sizeof(double) * (size_t)n);
   if (!t) die("malloc");
+  gate_start("roundtrip");
   double sum = 0;
   for (int i = 0; i < n; i++) {
     double t0 = now_us();
@@ -323,6 +352,7 @@ static void mode_roundtrip(int n, int warmup) {
   double p50 = quantile(t, n, 0.5);
   double p99 = quantile(t, n, 0.99);
   printf("{\"mode\":\"roundtrip\",\"n\":%d,\"median_us\":%.2f,\"p99_us\":%.2f,\"mean_us\":%.2f,\"min_us\":%.2f}\n", n, p50, p99, mean, t[0]);
+  gate_end();
 }
 
 static void mode_burst(int n) {
@@ -330,6 +360,7 @@ static void mode_burst(int n) {
   conn_open(&c);
   struct wl_surface *s = wl_compositor_create_surface(c.compositor);
   if (wl_display_roundtrip(c.display) < 0) die("roundtrip");
+  gate_start("burst");
   /* 24 bytes each: flush every 128 to stay inside libwayland's 4 KiB buffer. */
   double t0 = now_us();
   for (int i = 0; i < n; i++) {
@@ -339,6 +370,7 @@ static void mode_burst(int n) {
   if (wl_display_roundtrip(c.display) < 0) die("roundtrip after burst");
   double us = now_us() - t0;
   printf("{\"mode\":\"burst\",\"n\":%d,\"request\":\"wl_surface.damage\",\"seconds\":%.6f,\"req_per_s\":%.0f}\n", n, us / 1e6, (double)n / (us / 1e6));
+  gate_end();
 }
 
 static void mode_sync(long n, long window) {
@@ -346,10 +378,12 @@ static void mode_sync(long n, long window) {
   conn_open(&c);
   c.target = n;
   c.window = window;
+  gate_start("sync");
   double t0 = now_us();
   run_syncs(&c, 1);
   double us = now_us() - t0;
   printf("{\"mode\":\"sync\",\"n\":%ld,\"window\":%ld,\"seconds\":%.6f,\"req_per_s\":%.0f}\n", n, window, us / 1e6, (double)n / (us / 1e6));
+  gate_end();
 }
 
 static void mode_shm(int w, int h, int frames, int partial, double max_s) {
@@ -365,6 +399,7 @@ static void mode_shm(int w, int h, int frames, int partial, double max_s) {
   int counted = 0;
   for (int f = 0; f < warm + frames; f++) {
     if (f == warm) {
+      gate_start("shm");
       t0 = now_us();
       bytes = 0;
     }
@@ -394,6 +429,7 @@ static void mode_shm(int w, int h, int frames, int partial, double max_s) {
   double s = (now_us() - t0) / 1e6;
   printf("{\"mode\":\"shm\",\"damage\":\"%s\",\"width\":%d,\"height\":%d,\"frames\":%d,\"seconds\":%.6f,\"fps\":%.1f,\"mb_per_s\":%.1f}\n",
          partial ? "partial" : "full", w, h, counted, s, counted / s, (double)bytes / 1e6 / s);
+  gate_end();
 }
 
 static void mode_connect(int n, int warmup) {
@@ -460,6 +496,7 @@ int main(int argc, char **argv) {
     return 2;
   }
   setvbuf(stdout, NULL, _IOLBF, 0);
+  gated = getenv("BENCH_GATE") != NULL && strcmp(getenv("BENCH_GATE"), "1") == 0;
   const char *m = argv[1];
   if (strcmp(m, "roundtrip") == 0) mode_roundtrip(arg(argv, argc, 2, 2000), arg(argv, argc, 3, 200));
   else if (strcmp(m, "burst") == 0) mode_burst(arg(argv, argc, 2, 10000));

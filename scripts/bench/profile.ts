@@ -71,7 +71,13 @@ const label = (f: CallFrame, root: string): string => {
  */
 export const summarizeProfile = (
   file: string,
-  options: { readonly top?: number; readonly root?: string; readonly fromUs?: number } = {}
+  options: {
+    readonly top?: number
+    readonly root?: string
+    readonly fromUs?: number
+    /** Only samples inside one of these [from, to] CLOCK_MONOTONIC µs windows. */
+    readonly windows?: ReadonlyArray<readonly [number, number]>
+  } = {}
 ): ProfileSummary => {
   const top = options.top ?? 15
   const root = options.root ?? process.cwd()
@@ -94,6 +100,7 @@ export const summarizeProfile = (
     const dt = p.timeDeltas[i] ?? 0
     t += dt
     if (node === undefined || t < from) continue
+    if (options.windows !== undefined && !options.windows.some(([a, b]) => t >= a && t <= b)) continue
     if (node.callFrame.functionName === "(idle)") {
       idle += dt
       continue

@@ -259,9 +259,9 @@ interface Interactive {
   readonly close: () => Promise<void>
 }
 
-const startInteractive = (env: Env, target: Target, args: readonly (string | number)[]): Interactive => {
+const startInteractive = (env: Env, target: Target, args: readonly (string | number)[], extraEnv: NodeJS.ProcessEnv = {}): Interactive => {
   const [c, a] = pinned(env.settings.pin, env.client, args.map(String))
-  const child = spawn(c, a, { env: target.env, stdio: ["pipe", "pipe", "pipe"] })
+  const child = spawn(c, a, { env: { ...target.env, ...extraEnv }, stdio: ["pipe", "pipe", "pipe"] })
   started.add(child)
   const lines: Json[] = []
   const waiters: Array<() => void> = []
@@ -381,30 +381,49 @@ const cliHelp = (args: readonly string[]): string | null => {
 }
 
 /** The emulated cross-domain path, when src/emulator and `emulate-host` exist. */
-const startCrossDomain = async (env: Env, weston: Weston): Promise<Target> => {
+/** A started proxy target and its node processes, named for their logs and profiles. */
+interface Started {
+  readonly target: Target
+  readonly processes: ReadonlyArray<{ readonly name: string; readonly child: ChildProcess }>
+}
+
+const startCrossDomain = async (env: Env, weston: Weston, nodeArgs: (name: string) => readonly string[] = () => [], tag = "cross-domain"): Promise<Started> => {
   if (!existsSync(join(root, "src", "emulator"))) throw new Error("src/emulator does not exist")
   const hostHelp = cliHelp(["emulate-host"])
   if (hostHelp === null) throw new Error("`sommelier emulate-host` is not a command of this build")
   const serveHelp = cliHelp(["serve"]) ?? ""
   if (!serveHelp.includes("--virtgpu")) throw new Error("`sommelier serve` has no --virtgpu option")
-  const devicePath = join(env.runDir, "virtgpu-emulated")
-  const hostLog = join(env.runDir, "emulate-host.log")
-  const hostArgs = [cliMain, "emulate-host", "--listen", devicePath, ...(hostHelp.includes("--host-display") ? ["--host-display", weston.socketPath] : [])]
+  const devicePath = join(env.runDir, `virtgpu-${tag}`)
+  const hostLog = join(env.runDir, `${tag}-emulate-host.log`)
+  const hostArgs = [
+    ...nodeArgs("emulate-host"),
+    cliMain,
+    "emulate-host",
+    "--listen",
+    devicePath,
+    ...(hostHelp.includes("--host-display") ? ["--host-display", weston.socketPath] : [])
+  ]
   const host = startDaemon(env.settings, process.execPath, hostArgs, { ...weston.env, WAYLAND_DISPLAY: weston.socketPath }, hostLog)
   await waitFor("sommelier emulate-host", () => existsSync(devicePath), host, hostLog)
-  const sock = join(env.runDir, "sommelier-cross-domain")
-  const log = join(env.runDir, "cross-domain.log")
+  const sock = join(env.runDir, `sommelier-${tag}`)
+  const log = join(env.runDir, `${tag}.log`)
   const child = startDaemon(
     env.settings,
     process.execPath,
-    [cliMain, "serve", sock, "--mode", "cross-domain", "--virtgpu", `emulated:${devicePath}`],
+    [...nodeArgs("serve"), cliMain, "serve", sock, "--mode", "cross-domain", "--virtgpu", `emulated:${devicePath}`],
     { ...process.env, XDG_RUNTIME_DIR: env.runDir },
     log
   )
   await waitFor("sommelier serve --mode cross-domain", () => existsSync(sock), child, log)
   // The guest proxy and the emulated host together are what the cross-domain path costs.
   const pids = (): number[] => [...nodeProxyPids(child)(), ...nodeProxyPids(host)()]
-  return { name: "cross-domain", env: clientEnv(env.runDir, sock), pids, fresh: null }
+  return {
+    target: { name: "cross-domain", env: clientEnv(env.runDir, sock), pids, fresh: null },
+    processes: [
+      { name: "serve", child },
+      { name: "emulate-host", child: host }
+    ]
+  }
 }
 
 /** waypipe 0.8 as a local proxy: `client` connects to weston, `server` offers the display. */
@@ -461,6 +480,8 @@ interface Measure {
   readonly field: string
   /** Whether a larger value is better (for the reader; ratios are always target/direct). */
   readonly higherIsBetter: boolean
+  /** A CPU figure of the proxy itself: no direct value, no ratio. */
+  readonly cpu?: boolean
   readonly targetLocal?: Check
   readonly targetCrossDomain?: Check
 }
@@ -489,7 +510,12 @@ const measures = (s: ReturnType<typeof sizes>): Measure[] => [
   },
   { key: "shm.partial.fps", label: `shm, partial damage ${s.shm.w / 4}×${s.shm.h / 4} (frames/s)`, mode: "shm-partial", field: "fps", higherIsBetter: true, targetLocal: ratioAtLeast(0.85) },
   { key: "shm.partial.mbs", label: "shm, partial damage (MB/s of frame data)", mode: "shm-partial", field: "mb_per_s", higherIsBetter: true },
-  { key: "connect", label: "connect + registry + roundtrip, median (ms)", mode: "connect", field: "median_ms", higherIsBetter: false, targetLocal: { text: "≤ 1 ms", pass: (v) => v <= 1 } }
+  { key: "connect", label: "connect + registry + roundtrip, median (ms)", mode: "connect", field: "median_ms", higherIsBetter: false, targetLocal: { text: "≤ 1 ms", pass: (v) => v <= 1 } },
+  { key: "cpu.roundtrip", label: "proxy CPU per roundtrip (µs)", mode: "roundtrip", field: "proxy_cpu_us", higherIsBetter: false, cpu: true },
+  { key: "cpu.burst", label: "proxy CPU per burst request (µs)", mode: "burst", field: "proxy_cpu_us", higherIsBetter: false, cpu: true },
+  { key: "cpu.sync", label: "proxy CPU per pipelined sync (µs)", mode: "sync", field: "proxy_cpu_us", higherIsBetter: false, cpu: true },
+  { key: "cpu.shm", label: "proxy CPU per full-damage frame (µs)", mode: "shm-full", field: "proxy_cpu_us", higherIsBetter: false, cpu: true },
+  { key: "cpu.connect", label: "proxy CPU per connection (µs)", mode: "connect", field: "proxy_cpu_us", higherIsBetter: false, cpu: true }
 ]
 
 const modeArgs = (s: ReturnType<typeof sizes>): Record<string, (string | number)[]> => ({
@@ -502,6 +528,42 @@ const modeArgs = (s: ReturnType<typeof sizes>): Record<string, (string | number)
 })
 
 type Raw = Record<string, Record<string, Json[]>>
+
+/**
+ * One gated client run (BENCH_GATE=1): the proxy's CPU time is read just before and just after
+ * the timed part, so connection set-up and teardown stay out of it. Adds `proxy_cpu_us` per
+ * operation (roundtrip, request, sync or frame) to the client's result.
+ */
+const runGated = async (env: Env, t: Target, args: readonly (string | number)[], onWindow?: (fromUs: number, toUs: number) => void): Promise<Json> => {
+  const c = startInteractive(env, t, args, { BENCH_GATE: "1" })
+  try {
+    await c.next()
+    const pids = t.pids()
+    const c0 = cpuNs(pids)
+    const from = Number(process.hrtime.bigint() / 1000n)
+    c.send("go")
+    const res = await c.next()
+    const to = Number(process.hrtime.bigint() / 1000n)
+    const c1 = cpuNs(pids)
+    onWindow?.(from, to)
+    const ops = Number(res["frames"] ?? res["n"])
+    return pids.length > 0 ? { ...res, proxy_cpu_us: (c1 - c0) / 1e3 / ops } : res
+  } finally {
+    await c.close()
+  }
+}
+
+/** The connect mode is all set-up: the proxy's CPU over the whole run, per connection. */
+const runConnect = async (env: Env, t: Target, args: readonly (string | number)[]): Promise<Json> => {
+  const pids = t.pids()
+  const c0 = cpuNs(pids)
+  const out = await runClient(env, t, args)
+  const c1 = cpuNs(pids)
+  const res = out[0]
+  if (res === undefined) throw new Error(`bench-client ${args.join(" ")} via ${t.name}: no result`)
+  const conns = Number(args[1]) + Number(args[2])
+  return pids.length > 0 ? { ...res, proxy_cpu_us: (c1 - c0) / 1e3 / conns } : res
+}
 
 const runModes = async (env: Env, targets: readonly Target[], s: ReturnType<typeof sizes>): Promise<{ raw: Raw; errors: string[] }> => {
   const raw: Raw = {}
@@ -516,8 +578,8 @@ const runModes = async (env: Env, targets: readonly Target[], s: ReturnType<type
       for (let k = 0; k < targets.length; k++) {
         const t = targets[(k + r + mi) % targets.length]!
         try {
-          const out = await runClient(env, t, args[mode]!)
-          if (out[0] !== undefined) raw[t.name]![mode]!.push(out[0])
+          const res = mode === "connect" ? await runConnect(env, t, args[mode]!) : await runGated(env, t, args[mode]!)
+          raw[t.name]![mode]!.push(res)
         } catch (e) {
           errors.push((e as Error).message)
         }
@@ -541,7 +603,7 @@ const summarize = (raw: Raw, targets: readonly Target[], ms: readonly Measure[])
     out[m.key] = {}
     const direct = median((raw["direct"]?.[m.mode] ?? []).map((j) => Number(j[m.field])))
     for (const t of targets) {
-      const xs = (raw[t.name]?.[m.mode] ?? []).map((j) => Number(j[m.field]))
+      const xs = (raw[t.name]?.[m.mode] ?? []).map((j) => Number(j[m.field])).filter(Number.isFinite)
       const v = median(xs)
       out[m.key]![t.name] = { value: v, ratio: v / direct, rounds: xs.length }
     }
@@ -564,7 +626,7 @@ const modesTable = (cells: Record<string, Record<string, Cell>>, targets: readon
     for (const n of names) {
       const c = cells[m.key]?.[n]
       if (c === undefined) row.push(n in unavailable ? "n/a" : "—")
-      else if (n === "direct") row.push(fmt(c.value))
+      else if (n === "direct" || m.cpu === true) row.push(fmt(c.value))
       else row.push(`${fmt(c.value)} (${Number.isFinite(c.ratio) ? c.ratio.toFixed(2) : "—"}×)`)
     }
     row.push(verdict(m.targetLocal, cells[m.key]?.["local"]))
@@ -739,7 +801,7 @@ const runReactor = async (settings: Settings): Promise<{ table: string; rows: un
 // ---------------------------------------------------------------------------------------------
 // --profile: the local proxy under `node --cpu-prof`, one profile per mode
 
-const runProfiles = async (env: Env, weston: Weston, s: ReturnType<typeof sizes>): Promise<Record<string, ProfileSummary>> => {
+const runProfiles = async (env: Env, weston: Weston, which: readonly TargetName[]): Promise<Record<string, ProfileSummary>> => {
   const dir = join(env.settings.out, "profiles")
   mkdirSync(dir, { recursive: true })
   // Full sizes and more work than a bench round, so steady-state traffic dominates the profile.
@@ -749,26 +811,51 @@ const runProfiles = async (env: Env, weston: Weston, s: ReturnType<typeof sizes>
   args["connect"] = ["connect", 200, 0]
   const out: Record<string, ProfileSummary> = {}
   const modes = env.settings.profileModes ?? ["roundtrip", "burst", "sync", "shm-full", "shm-partial", "connect"]
-  for (const mode of modes) {
-    const name = `local-${mode}.cpuprofile`
-    rmSync(join(dir, name), { force: true })
-    const { target, child } = await startLocal(env, weston, ["--cpu-prof", "--cpu-prof-interval", "250", "--cpu-prof-dir", dir, "--cpu-prof-name", name], `profile-${mode}`)
-    // One client first so that start-up and first-connection work fall before the window.
-    await runClient(env, target, ["roundtrip", 20, 5])
-    await sleep(200)
-    const fromUs = Number(process.hrtime.bigint() / 1000n)
-    try {
-      // Several runs so the profile is dominated by steady-state traffic.
-      for (let i = 0; i < 3; i++) await runClient(env, target, args[mode]!)
-    } finally {
-      await stopDaemon(child, "SIGINT")
-    }
-    const file = join(dir, name)
-    if (existsSync(file)) {
-      out[mode] = summarizeProfile(file, { top: 20, root, fromUs })
-      console.log(`\n### profile of the local proxy: ${mode} (${file}, steady state from ${fromUs} µs)\n\n${formatProfile(out[mode]!)}`)
-    } else {
-      console.log(`profile for ${mode}: no profile written (${tail(join(env.runDir, `profile-${mode}.log`))})`)
+  for (const targetName of which) {
+    for (const mode of modes) {
+      const tag = `${targetName}-${mode}`
+      const prof = (name: string): string => `${tag}-${name}.cpuprofile`
+      const nodeArgs = (name: string): string[] => {
+        rmSync(join(dir, prof(name)), { force: true })
+        return ["--cpu-prof", "--cpu-prof-interval", "250", "--cpu-prof-dir", dir, "--cpu-prof-name", prof(name)]
+      }
+      let started: Started
+      try {
+        started =
+          targetName === "local"
+            ? await startLocal(env, weston, nodeArgs("serve"), `profile-${tag}`).then(({ target, child }) => ({ target, processes: [{ name: "serve", child }] }))
+            : await startCrossDomain(env, weston, nodeArgs, `profile-${tag}`)
+      } catch (e) {
+        console.log(`profile ${tag}: cannot start (${(e as Error).message.split("\n")[0]})`)
+        continue
+      }
+      const windows: Array<[number, number]> = []
+      let fromUs = 0
+      try {
+        // One client first so that start-up and first-connection work fall before the window.
+        await runClient(env, started.target, ["roundtrip", 20, 5])
+        await sleep(200)
+        fromUs = Number(process.hrtime.bigint() / 1000n)
+        // Gated runs: only the timed part of each (no connection set-up); connect is all set-up.
+        for (let i = 0; i < 3; i++) {
+          if (mode === "connect") await runClient(env, started.target, args[mode]!)
+          else await runGated(env, started.target, args[mode]!, (a, b) => windows.push([a, b]))
+        }
+      } catch (e) {
+        console.log(`profile ${tag}: ${(e as Error).message.split("\n")[0]}`)
+      } finally {
+        for (const p of started.processes) await stopDaemon(p.child, "SIGINT")
+      }
+      for (const p of started.processes) {
+        const file = join(dir, prof(p.name))
+        if (!existsSync(file)) {
+          console.log(`profile ${tag} (${p.name}): no profile written`)
+          continue
+        }
+        const summary = summarizeProfile(file, { top: 20, root, fromUs, ...(mode === "connect" ? {} : { windows }) })
+        out[`${tag}-${p.name}`] = summary
+        console.log(`\n### profile: ${targetName}, ${mode}, ${p.name} process (${file}, from ${fromUs} µs)\n\n${formatProfile(summary)}`)
+      }
     }
   }
   return out
@@ -866,7 +953,7 @@ const main = async (settings: Settings, weston: Weston): Promise<void> => {
     }
   }
   await tryStart("local", async () => (await startLocal(env, weston)).target)
-  await tryStart("cross-domain", () => startCrossDomain(env, weston))
+  await tryStart("cross-domain", async () => (await startCrossDomain(env, weston)).target)
   await tryStart("waypipe", () => startWaypipe(env, weston))
   console.log(`targets: ${targets.map((t) => t.name).join(", ")}; logs in ${runDir}`)
   phaseDone("setup")
@@ -942,9 +1029,10 @@ const main = async (settings: Settings, weston: Weston): Promise<void> => {
     phaseDone("reactor")
   }
 
-  if (settings.profile && targets.some((t) => t.name === "local")) {
+  const profiled = (["local", "cross-domain"] as const).filter((n) => targets.some((t) => t.name === n) && (settings.only === null || settings.only.has(n)))
+  if (settings.profile && profiled.length > 0) {
     console.log("\n## profiles")
-    result["profiles"] = await runProfiles(env, weston, s)
+    result["profiles"] = await runProfiles(env, weston, profiled)
   }
 
   const load = meter()
