@@ -26,7 +26,7 @@ const setup = () => {
   const device = new FakeDevice()
   const watcher = new FakeWatcher()
   const warnings: string[] = []
-  const channel = CrossDomainChannel.open(device, { watch: watcher.watch, onWarning: (w) => warnings.push(w) })
+  const channel = CrossDomainChannel.open(device, { reactor: watcher, onWarning: (w) => warnings.push(w) })
   const done = () => {
     channel.close()
     device.close()
@@ -80,7 +80,7 @@ describe("channel setup (spec §2 steps 3–8)", () => {
   it("refuses a host without a Wayland channel, before creating the context", () => {
     const device = new FakeDevice()
     device.caps = P.encodeCapabilities({ version: 1, supportedChannels: 1 << P.CHANNEL_TYPE_CAMERA, supportsDmabuf: false, supportsExternalGpuMemory: false })
-    expect(() => CrossDomainChannel.open(device, { watch: new FakeWatcher().watch })).toThrow(CrossDomainError)
+    expect(() => CrossDomainChannel.open(device, { reactor: new FakeWatcher() })).toThrow(CrossDomainError)
     expect(device.contextInits).toEqual([])
     expect(device.execs).toEqual([])
     device.close()
@@ -123,6 +123,18 @@ describe("host → guest", () => {
     expect(bytes.subarray(0, keymap.length)).toEqual(Buffer.from(keymap))
     // The GEM handle made for the import is closed at once (ring handles are 1 and 2).
     expect(device.gemClosed).toEqual([3])
+    sys.close(fds[0]!)
+    done()
+  })
+
+  it("a blob identifier of size 0 (no blob can be that small) becomes an empty file, with a warning", () => {
+    const { device, channel, warnings, done } = setup()
+    device.deliver(P.encodeReceive([{ id: 4, type: P.ID_TYPE_VIRTGPU_BLOB, size: 0 }], text("keymap")))
+    const fds: number[] = []
+    expect(channel.pump((_d, f) => fds.push(...f))).toBe("data")
+    expect(fds.length).toBe(1)
+    expect(readFileSync(`/proc/self/fd/${fds[0]}`).length).toBe(0)
+    expect(warnings.join()).toMatch(/size 0/)
     sys.close(fds[0]!)
     done()
   })

@@ -35,6 +35,7 @@ import {
   type VirtGpuDevice
 } from "../../virtgpu/device.js"
 import { EPOLLIN, EPOLLOUT, type Watch } from "../reactor.js"
+import { memfdCreate } from "../memfd.js"
 import * as P from "./protocol.js"
 
 export class CrossDomainError extends Data.TaggedError("CrossDomainError")<{
@@ -42,11 +43,14 @@ export class CrossDomainError extends Data.TaggedError("CrossDomainError")<{
   readonly message: string
 }> {}
 
-export type WatchFn = (fd: number, events: number, onReady: (events: number) => void) => Watch
+/** What the channel needs of the reactor (pipes are serviced from it). */
+export interface Watcher {
+  watch(fd: number, events: number, onReady: (events: number) => void): Watch
+}
 
 export interface ChannelOptions {
-  /** The reactor's `watch`: pipes are serviced from it. */
-  readonly watch: WatchFn
+  /** The reactor (called as a method: `reactor.watch` needs its `this`). */
+  readonly reactor: Watcher
   /** Something went wrong with one pipe or one host message the channel could skip. */
   readonly onWarning?: (message: string) => void
   /** Bytes kept for a read-pipe reader that does not read before the pipe is dropped. Default 64 MiB. */
@@ -273,7 +277,10 @@ export class CrossDomainChannel {
     switch (ident.type) {
       case P.ID_TYPE_VIRTGPU_BLOB: {
         if (ident.size === 0) {
-          throw new CrossDomainError({ reason: "UnknownIdentifier", message: `RECEIVE: blob identifier ${ident.id} has size 0 (a host labelling a pipe as a blob?)` })
+          // No blob of size 0 exists (e.g. /dev/null for a no_keymap keymap; or crosvm 2024-11…2025-09
+          // labelling a write pipe as a blob): the client gets an empty file instead.
+          this.#warn(`RECEIVE: blob identifier ${ident.id} has size 0; passing an empty file`)
+          return memfdCreate("sommelier-empty", 0)
         }
         const dev = this.#device
         const blob = dev.createBlob({
@@ -301,7 +308,7 @@ export class CrossDomainChannel {
         if (old !== undefined) this.#closeWritePipe(ident.id, old)
         let watch: Watch
         try {
-          watch = this.#options.watch(readEnd, EPOLLIN, () => this.#onWritePipeReadable(ident.id))
+          watch = this.#options.reactor.watch(readEnd, EPOLLIN, () => this.#onWritePipeReadable(ident.id))
         } catch (e) {
           sys.close(readEnd)
           sys.close(writeEnd)
@@ -399,7 +406,7 @@ export class CrossDomainChannel {
     }
     pipe.queue.push(chunk)
     pipe.queued += chunk.length
-    if (pipe.watch === null) pipe.watch = this.#options.watch(pipe.fd, EPOLLOUT, () => this.#flushRead(id))
+    if (pipe.watch === null) pipe.watch = this.#options.reactor.watch(pipe.fd, EPOLLOUT, () => this.#flushRead(id))
   }
 
   #flushRead(id: number): void {
