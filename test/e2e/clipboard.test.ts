@@ -24,7 +24,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
 import { createHash, randomBytes } from "node:crypto"
 import { runClient, spawnClient } from "../helpers/clients.js"
-import { transports } from "../helpers/proxy.js"
+import { scopedLiveNeeding, transports } from "../helpers/proxy.js"
 import { x11Host } from "../helpers/weston.js"
 import { withProxy } from "./fixture.js"
 
@@ -58,7 +58,7 @@ for (const transport of transports) {
   describe(`clipboard through the proxy (${transport.name})`, () => {
     for (const direction of ["proxy → host", "host → proxy"] as const) {
       for (const p of payloads) {
-        it.scopedLive(`${p.label}: copied by a ${direction.split(" ")[0]} client, pasted by a ${direction.split(" ")[2]} client, byte-identical`, () =>
+        scopedLiveNeeding(transport, "shm")(`${p.label}: copied by a ${direction.split(" ")[0]} client, pasted by a ${direction.split(" ")[2]} client, byte-identical`, () =>
           withProxy(transport, x11Host(), ({ host, proxy }) =>
             Effect.gen(function* () {
               const copyEnv = direction === "proxy → host" ? proxy.env : host.env

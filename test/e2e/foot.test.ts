@@ -19,7 +19,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { runClientOk, spawnClient } from "../helpers/clients.js"
-import { transports } from "../helpers/proxy.js"
+import { scopedLiveNeeding, transports } from "../helpers/proxy.js"
 import { x11Host } from "../helpers/weston.js"
 import { withProxy } from "./fixture.js"
 
@@ -27,7 +27,7 @@ const TEXT = "hello-sommelier"
 
 for (const transport of transports) {
   describe(`foot through the proxy (${transport.name})`, () => {
-    it.scopedLive("foot shows typed text to its shell", () =>
+    scopedLiveNeeding(transport, "shm")("foot shows typed text to its shell", () =>
       withProxy(transport, x11Host(), ({ host, proxy }) =>
         Effect.gen(function* () {
           const dir = yield* Effect.acquireRelease(

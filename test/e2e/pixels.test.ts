@@ -12,7 +12,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
 import { buildClient, spawnClient } from "../helpers/clients.js"
 import { boundingBox, countPixels, type Image } from "../helpers/png.js"
-import { transports } from "../helpers/proxy.js"
+import { scopedLiveNeeding, transports } from "../helpers/proxy.js"
 import { headlessHost, screenshot, type Host } from "../helpers/weston.js"
 import { withProxy } from "./fixture.js"
 
@@ -33,7 +33,7 @@ const shotUntilComplete = (host: Host): Effect.Effect<Image, unknown> =>
 
 for (const transport of transports) {
   describe(`exact pixels through the proxy (${transport.name})`, () => {
-    it.scopedLive(`a ${W}x${H} surface of 0x${COLOR.toString(16)} shows as exactly ${W * H} pixels`, () =>
+    scopedLiveNeeding(transport, "shm")(`a ${W}x${H} surface of 0x${COLOR.toString(16)} shows as exactly ${W * H} pixels`, () =>
       Effect.gen(function* () {
         const solid = yield* buildClient("solid")
         return yield* withProxy(transport, headlessHost({ debug: true }), ({ host, proxy }) =>

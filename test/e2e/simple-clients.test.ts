@@ -11,7 +11,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
 import { spawnClient } from "../helpers/clients.js"
-import { transports } from "../helpers/proxy.js"
+import { scopedLiveNeeding, transports } from "../helpers/proxy.js"
 import { headlessHost } from "../helpers/weston.js"
 import { withProxy } from "./fixture.js"
 
@@ -21,7 +21,7 @@ const MIN_FRAMES = 60
 
 for (const transport of transports) {
   describe(`simple clients through the proxy (${transport.name})`, () => {
-    it.scopedLive("weston-simple-shm and weston-simple-damage run 3 s with frames committed and no protocol error", () =>
+    scopedLiveNeeding(transport, "shm")("weston-simple-shm and weston-simple-damage run 3 s with frames committed and no protocol error", () =>
       withProxy(transport, headlessHost(), ({ proxy }) =>
         Effect.gen(function* () {
           const shm = yield* spawnClient("weston-simple-shm", [], { env: proxy.env })

@@ -19,7 +19,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
 import { buildClient, runClientOk, spawnClient } from "../helpers/clients.js"
-import { transports } from "../helpers/proxy.js"
+import { scopedLiveNeeding, transports } from "../helpers/proxy.js"
 import { headlessHost } from "../helpers/weston.js"
 import { withProxy } from "./fixture.js"
 import { connectRaw, decodeDisplayError, decodeGlobal, message, registryAndSync, syncDone, type RawMessage } from "./raw-client.js"
@@ -64,7 +64,7 @@ const pollUntil = (what: string, cond: () => boolean, timeoutMs = 3000): Effect.
 
 for (const transport of transports) {
   describe(`many and bad clients through the proxy (${transport.name})`, () => {
-    it.scopedLive(`${CLIENTS} concurrent clients are all mapped`, () =>
+    scopedLiveNeeding(transport, "shm")(`${CLIENTS} concurrent clients are all mapped`, () =>
       Effect.gen(function* () {
         const solid = yield* buildClient("solid")
         yield* withProxy(transport, headlessHost(), ({ proxy }) =>
@@ -83,7 +83,7 @@ for (const transport of transports) {
       })
     )
 
-    it.scopedLive("a garbage-sending client gets wl_display.error and EOF; a well-behaved client keeps running", () =>
+    scopedLiveNeeding(transport, "shm")("a garbage-sending client gets wl_display.error and EOF; a well-behaved client keeps running", () =>
       Effect.gen(function* () {
         const solid = yield* buildClient("solid")
         yield* withProxy(transport, headlessHost(), ({ proxy }) =>
@@ -141,7 +141,7 @@ for (const transport of transports) {
       )
     )
 
-    it.scopedLive("clients killed while events stream to them are ended cleanly", () =>
+    scopedLiveNeeding(transport, "shm")("clients killed while events stream to them are ended cleanly", () =>
       withProxy(transport, headlessHost(), ({ proxy }) =>
         Effect.gen(function* () {
           for (let round = 0; round < 5; round++) {

@@ -9,6 +9,7 @@
  * Also the fd-leak check shared by the integration tests. It does not start compositors
  * (weston.ts) or clients (clients.ts).
  */
+import { it } from "@effect/vitest"
 import { Duration, Effect, Layer, type Scope } from "effect"
 import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
@@ -17,6 +18,7 @@ import * as Protocols from "../../src/protocol/registry.js"
 import { serve, type Server } from "../../src/proxy/listener.js"
 import * as Reactor from "../../src/transport/reactor.js"
 import { describeFd, openFds } from "./fds.js"
+import { crossDomain } from "../crossdomain/transport.js"
 
 export interface ProxyFixture {
   /** Absolute path of the socket guest clients connect to. */
@@ -35,6 +37,23 @@ export interface TransportFixture {
   readonly name: string
   /** Starts a proxy in front of the compositor at `hostSocketPath`; stopped when the scope closes. */
   readonly start: (hostSocketPath: string) => Effect.Effect<ProxyFixture, unknown, Scope.Scope>
+  /** Features this transport cannot carry yet, each with the reason (see `scopedLiveNeeding`). */
+  readonly lacks?: ReadonlyMap<TransportFeature, string>
+}
+
+/** What a test needs of the transport beyond plain Wayland messages. */
+export type TransportFeature = "shm"
+
+/**
+ * `it.scopedLive` for a test that needs `features`; on a transport that lacks one, the test is
+ * registered as skipped with the reason in its name, so the report shows it rather than hiding it.
+ */
+export const scopedLiveNeeding = (transport: TransportFixture, ...features: TransportFeature[]): typeof it.scopedLive => {
+  const why = features.map((f) => transport.lacks?.get(f)).find((r) => r !== undefined)
+  if (why === undefined) return it.scopedLive
+  const skipped = (name: string, self: Parameters<typeof it.scopedLive>[1], timeout?: Parameters<typeof it.scopedLive>[2]) =>
+    it.scopedLive.skip(`${name} [skipped on ${transport.name}: ${why}]`, self, timeout)
+  return Object.assign(skipped, it.scopedLive)
 }
 
 const SOCKET_NAME = "wayland-proxy"
@@ -71,7 +90,8 @@ export const local: TransportFixture = {
     })
 }
 
-export const transports: ReadonlyArray<TransportFixture> = [local]
+// Guest clients → serve --mode cross-domain → emulated virtio-gpu (a child process) → compositor.
+export const transports: ReadonlyArray<TransportFixture> = [local, crossDomain]
 
 // -------------------------------------------------------------------------------------------------
 // fd leaks
