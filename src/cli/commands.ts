@@ -16,6 +16,8 @@ import * as Protocols from "../protocol/registry.js"
 import type { ConnectionLimits } from "../proxy/connection.js"
 import { serve, type Server } from "../proxy/listener.js"
 import { hostDisplayPath, samePath, ServeError, socketPath } from "../proxy/paths.js"
+import type { HostConnector } from "../proxy/listener.js"
+import { hostConnectorFor, type Mode } from "./mode.js"
 import * as Reactor from "../transport/reactor.js"
 import { connectUnix } from "../transport/socket.js"
 import { closeFd } from "../transport/socket.js"
@@ -27,7 +29,16 @@ const proxyLayer = Layer.mergeAll(Reactor.layer, Protocols.layer)
 
 const mode = Options.choice("mode", ["auto", "local", "cross-domain"]).pipe(
   Options.withDefault("auto" as const),
-  Options.withDescription("auto: cross-domain when a virtio-gpu render node offers the cross-domain capset, else local")
+  Options.withDescription(
+    "local: a socket to the host compositor per client; cross-domain: a virtio-gpu cross-domain channel per client (inside a VM); auto: cross-domain when the virtio-gpu device offers it, else local when a host compositor answers"
+  )
+)
+const virtgpu = Options.text("virtgpu").pipe(
+  Options.withPseudoName("PATH|emulated:PATH"),
+  Options.optional,
+  Options.withDescription(
+    "cross-domain's device: a render node (default: the first virtio-gpu one in /dev/dri), or emulated:PATH for `sommelier emulate-host --listen PATH`"
+  )
 )
 const hostDisplay = Options.text("host-display").pipe(
   Options.optional,
@@ -75,23 +86,14 @@ const fail = (message: string): Effect.Effect<never, ServeError> => Effect.fail(
 
 const orFail = <A>(v: A | ServeError): Effect.Effect<A, ServeError> => (v instanceof ServeError ? Effect.fail(v) : Effect.succeed(v))
 
-/**
- * `--mode`: this build proxies in local mode; cross-domain needs the virtio-gpu backend.
- * auto says which mode it chose and why.
- */
-const resolveMode = (m: "auto" | "local" | "cross-domain"): Effect.Effect<"local", ServeError> => {
-  if (m === "cross-domain") {
-    return Effect.fail(
-      new ServeError({ reason: "Mode", message: "cross-domain mode: this build has no virtio-gpu backend yet; use --mode local" })
-    )
-  }
-  if (m === "auto") return Effect.logInfo("mode: local (this build has no cross-domain backend)").pipe(Effect.as("local" as const))
-  return Effect.succeed("local" as const)
-}
+/** `--mode`/`--virtgpu` → the host connector (null: local); auto says on stderr which it chose. */
+const resolveMode = (m: Mode, device: Option.Option<string>, hostDisplay: Option.Option<string>) => hostConnectorFor(m, device, hostDisplay)
 
 interface ProxyArgs {
   readonly socket: string
   readonly hostDisplay: Option.Option<string>
+  /** Cross-domain (or another non-local) connector; null/absent: local, to the host display. */
+  readonly connector?: HostConnector | null
   readonly trace: boolean
   readonly limits: Partial<ConnectionLimits>
 }
@@ -100,13 +102,15 @@ interface ProxyArgs {
 const startServer = (a: ProxyArgs) =>
   Effect.gen(function* () {
     const path = yield* orFail(socketPath(a.socket))
-    const host = yield* orFail(hostDisplayPath(Option.getOrUndefined(a.hostDisplay)))
-    if (samePath(path, host)) {
+    const connector = a.connector ?? null
+    const host = connector !== null ? connector.description : yield* orFail(hostDisplayPath(Option.getOrUndefined(a.hostDisplay)))
+    if (connector === null && samePath(path, host)) {
       return yield* fail(`refusing to proxy ${path} to itself: --host-display names the socket sommelier would listen on`)
     }
     const server = yield* serve({
       socketPath: path,
       hostPath: host,
+      ...(connector !== null ? { connector } : {}),
       limits: a.limits,
       trace: a.trace ? (line: string) => process.stderr.write(line + "\n") : null
     })
@@ -136,6 +140,7 @@ const serveCommand = Command.make(
       Args.withDescription("socket name in $XDG_RUNTIME_DIR, or an absolute path")
     ),
     mode,
+    virtgpu,
     hostDisplay,
     trace,
     maxMessageSize,
@@ -148,8 +153,8 @@ const serveCommand = Command.make(
     reportAndExit(
       Effect.scoped(
         Effect.gen(function* () {
-          yield* resolveMode(o.mode)
-          yield* startServer({ socket: o.socket, hostDisplay: o.hostDisplay, trace: o.trace, limits: limitsFrom(o) })
+          const connector = yield* resolveMode(o.mode, o.virtgpu, o.hostDisplay)
+          yield* startServer({ connector, socket: o.socket, hostDisplay: o.hostDisplay, trace: o.trace, limits: limitsFrom(o) })
           return yield* Effect.never
         })
       ).pipe(Effect.provide(proxyLayer), Effect.mapError((e) => (e instanceof ServeError ? e : new ServeError({ reason: "Socket", message: e.message }))))
@@ -168,6 +173,7 @@ const runCommand = Command.make(
   {
     socket: Options.text("socket").pipe(Options.optional, Options.withDescription("socket name (default sommelier-PID)")),
     mode,
+    virtgpu,
     hostDisplay,
     trace,
     maxMessageSize,
@@ -182,9 +188,9 @@ const runCommand = Command.make(
     reportAndExit(
       Effect.scoped(
         Effect.gen(function* () {
-          yield* resolveMode(o.mode)
+          const connector = yield* resolveMode(o.mode, o.virtgpu, o.hostDisplay)
           const name = Option.getOrElse(o.socket, () => `sommelier-${process.pid}`)
-          const server = yield* startServer({ socket: name, hostDisplay: o.hostDisplay, trace: o.trace, limits: limitsFrom(o) })
+          const server = yield* startServer({ connector, socket: name, hostDisplay: o.hostDisplay, trace: o.trace, limits: limitsFrom(o) })
           const status = yield* runChild(o.program, o.args, { ...process.env, WAYLAND_DISPLAY: server.socketPath })
           return status
         })
