@@ -18,6 +18,11 @@ import { serve, type Server } from "../proxy/listener.js"
 import { hostDisplayPath, samePath, ServeError, socketPath } from "../proxy/paths.js"
 import type { HostConnector } from "../proxy/listener.js"
 import { hostConnectorFor, type Mode } from "./mode.js"
+import { makeNotifier, takeActivatedSocket, type ActivatedSocket } from "../proxy/activation.js"
+import { tagHooks, tagPrefixes } from "../proxy/tag.js"
+import type { ConnectionHooks } from "../proxy/connection.js"
+import { otlpConfig, otlpLayer } from "./otel.js"
+import { basename } from "node:path"
 import * as Reactor from "../transport/reactor.js"
 import { connectUnix } from "../transport/socket.js"
 import { closeFd } from "../transport/socket.js"
@@ -57,6 +62,47 @@ const maxClientBacklog = Options.integer("max-client-backlog").pipe(
   Options.withDescription("bytes queued toward a client that does not read before it is disconnected")
 )
 
+const tag = Options.text("tag").pipe(
+  Options.withPseudoName("TEXT"),
+  Options.optional,
+  Options.withDescription("mark guest windows on the host: titles become \"[TEXT] title\" and app ids \"TEXT.app_id\" (e.g. --tag vm1)")
+)
+const titlePrefix = Options.text("title-prefix").pipe(
+  Options.withPseudoName("PREFIX"),
+  Options.optional,
+  Options.withDescription("put this before every window title instead of --tag's \"[TEXT] \" (\"\" leaves titles alone)")
+)
+const appIdPrefix = Options.text("app-id-prefix").pipe(
+  Options.withPseudoName("PREFIX"),
+  Options.optional,
+  Options.withDescription("put this before every app id instead of --tag's \"TEXT.\" (\"\" leaves app ids alone)")
+)
+const otlp = Options.text("otlp").pipe(
+  Options.withPseudoName("URL"),
+  Options.optional,
+  Options.withDescription(
+    "export the connection and batch spans over OTLP/HTTP to this collector endpoint, e.g. http://127.0.0.1:4318 (default $OTEL_EXPORTER_OTLP_ENDPOINT; off when neither is set)"
+  )
+)
+
+/** Only the version is shared with main.ts's `Command.run`. */
+export const cliInfo = { name: "sommelier", version: "0.1.0" } as const
+
+interface DesktopOptions {
+  readonly tag: Option.Option<string>
+  readonly titlePrefix: Option.Option<string>
+  readonly appIdPrefix: Option.Option<string>
+  readonly otlp: Option.Option<string>
+}
+
+/** `--otlp`/`OTEL_*` → the tracer layer (nothing is loaded when export is off). */
+const tracingLayer = (o: DesktopOptions) => {
+  const config = otlpConfig(o.otlp)
+  return config instanceof Error
+    ? { batchSpans: false, layer: Layer.fail(new ServeError({ reason: "Socket", message: config.message })) }
+    : { batchSpans: config !== null, layer: otlpLayer(config, cliInfo.version) }
+}
+
 const maxHostBacklog = Options.integer("max-host-backlog").pipe(
   Options.withDefault(16 * 1024 * 1024),
   Options.withDescription(
@@ -89,13 +135,16 @@ const orFail = <A>(v: A | ServeError): Effect.Effect<A, ServeError> => (v instan
 /** `--mode`/`--virtgpu` → the host connector (null: local); auto says on stderr which it chose. */
 const resolveMode = (m: Mode, device: Option.Option<string>, hostDisplay: Option.Option<string>) => hostConnectorFor(m, device, hostDisplay)
 
-interface ProxyArgs {
+interface ProxyArgs extends DesktopOptions {
   readonly socket: string
   readonly hostDisplay: Option.Option<string>
   /** Cross-domain (or another non-local) connector; null/absent: local, to the host display. */
   readonly connector?: HostConnector | null
   readonly trace: boolean
   readonly limits: Partial<ConnectionLimits>
+  readonly batchSpans: boolean
+  /** Socket activation: serve this socket instead of binding one. */
+  readonly activated?: ActivatedSocket | null
 }
 
 /** Resolves paths and starts the server in the current scope. */
@@ -107,14 +156,28 @@ const startServer = (a: ProxyArgs) =>
     if (connector === null && samePath(path, host)) {
       return yield* fail(`refusing to proxy ${path} to itself: --host-display names the socket sommelier would listen on`)
     }
+    const hooks: ConnectionHooks[] = []
+    const prefixes = tagPrefixes({
+      tag: Option.getOrUndefined(a.tag),
+      titlePrefix: Option.getOrUndefined(a.titlePrefix),
+      appIdPrefix: Option.getOrUndefined(a.appIdPrefix)
+    })
+    if (prefixes !== null) hooks.push(tagHooks(yield* Protocols.Protocols, prefixes))
+    const activated = a.activated ?? null
+    if (activated !== null && activated.path !== null && !samePath(activated.path, path)) {
+      yield* Effect.logWarning(`the activated socket is ${activated.path} but SOCKET names ${path}: the lock ${path}.lock guards the wrong name`)
+    }
     const server = yield* serve({
       socketPath: path,
       hostPath: host,
       ...(connector !== null ? { connector } : {}),
       limits: a.limits,
-      trace: a.trace ? (line: string) => process.stderr.write(line + "\n") : null
+      trace: a.trace ? (line: string) => process.stderr.write(line + "\n") : null,
+      hooks,
+      batchSpans: a.batchSpans,
+      ...(activated !== null ? { listenFd: activated.fd } : {})
     })
-    yield* Effect.logInfo(`listening on ${path}, host compositor ${host}`)
+    yield* Effect.logInfo(`${activated !== null ? "serving the activated socket" : "listening on"} ${path}, host compositor ${host}`)
     return server
   })
 
@@ -147,18 +210,42 @@ const serveCommand = Command.make(
     maxObjects,
     maxHostBacklog,
     maxFdsInFlight,
-    maxClientBacklog
+    maxClientBacklog,
+    tag,
+    titlePrefix,
+    appIdPrefix,
+    otlp
   },
-  (o) =>
-    reportAndExit(
+  (o) => {
+    const tracing = tracingLayer(o)
+    return reportAndExit(
       Effect.scoped(
         Effect.gen(function* () {
+          // systemd first: the socket unit may have bound SOCKET already (Accept=no, fd 3), and
+          // LISTEN_*/NOTIFY_SOCKET leave the environment before anything else can inherit them.
+          const name = basename(o.socket)
+          const activated = yield* takeActivatedSocket({ acceptNames: [name, `sommelier@${name}.socket`] }).pipe(
+            Effect.mapError((e) => new ServeError({ reason: "Socket", message: e.message }))
+          )
+          const notifier = makeNotifier()
           const connector = yield* resolveMode(o.mode, o.virtgpu, o.hostDisplay)
-          yield* startServer({ connector, socket: o.socket, hostDisplay: o.hostDisplay, trace: o.trace, limits: limitsFrom(o) })
+          yield* startServer({ ...o, connector, socket: o.socket, limits: limitsFrom(o), batchSpans: tracing.batchSpans, activated })
+          if (notifier !== null) {
+            // Type=notify: ready once accepting; STOPPING=1 first thing at shutdown (finalizers
+            // run in reverse, so this one runs before the server's).
+            const say = (state: string) => notifier.notify(state).pipe(Effect.catchAll((e) => Effect.logWarning(e.message)))
+            yield* say("READY=1")
+            yield* Effect.addFinalizer(() => say("STOPPING=1"))
+          }
           return yield* Effect.never
         })
-      ).pipe(Effect.provide(proxyLayer), Effect.mapError((e) => (e instanceof ServeError ? e : new ServeError({ reason: "Socket", message: e.message }))))
+      ).pipe(
+        Effect.provide(proxyLayer),
+        Effect.provide(tracing.layer),
+        Effect.mapError((e) => (e instanceof ServeError ? e : new ServeError({ reason: "Socket", message: e.message })))
+      )
     )
+  }
 ).pipe(
   Command.withDescription(
     "Serve Wayland clients on SOCKET and forward each one over its own connection to the host compositor. Example: sommelier serve wayland-1 --host-display wayland-0"
@@ -181,22 +268,32 @@ const runCommand = Command.make(
     maxHostBacklog,
     maxFdsInFlight,
     maxClientBacklog,
+    tag,
+    titlePrefix,
+    appIdPrefix,
+    otlp,
     program: Args.text({ name: "PROG" }).pipe(Args.withDescription("program to run with WAYLAND_DISPLAY pointing at the proxy")),
     args: Args.text({ name: "ARGS" }).pipe(Args.repeated)
   },
-  (o) =>
-    reportAndExit(
+  (o) => {
+    const tracing = tracingLayer(o)
+    return reportAndExit(
       Effect.scoped(
         Effect.gen(function* () {
           const connector = yield* resolveMode(o.mode, o.virtgpu, o.hostDisplay)
           const name = Option.getOrElse(o.socket, () => `sommelier-${process.pid}`)
-          const server = yield* startServer({ connector, socket: name, hostDisplay: o.hostDisplay, trace: o.trace, limits: limitsFrom(o) })
+          const server = yield* startServer({ ...o, connector, socket: name, limits: limitsFrom(o), batchSpans: tracing.batchSpans })
           const status = yield* runChild(o.program, o.args, { ...process.env, WAYLAND_DISPLAY: server.socketPath })
           return status
         })
-      ).pipe(Effect.provide(proxyLayer), Effect.mapError((e) => (e instanceof ServeError ? e : new ServeError({ reason: "Socket", message: e.message }))))
+      ).pipe(
+        Effect.provide(proxyLayer),
+        Effect.provide(tracing.layer),
+        Effect.mapError((e) => (e instanceof ServeError ? e : new ServeError({ reason: "Socket", message: e.message })))
+      )
     ).pipe(Effect.flatMap((status) => Effect.sync(() => process.exit(typeof status === "number" ? status : 1))))
-).pipe(Command.withDescription("Serve, run PROG with WAYLAND_DISPLAY set to the proxy, and exit with PROG's status. Example: sommelier run -- foot"))
+  }
+).pipe(Command.withDescription("Serve, run PROG with WAYLAND_DISPLAY set to the proxy, and exit with PROG's status. Example: sommelier run --tag vm1 -- foot"))
 
 /** Runs a child to completion; its exit status (128+signal when killed). */
 const runChild = (program: string, args: ReadonlyArray<string>, env: NodeJS.ProcessEnv, cwd?: string): Effect.Effect<number, ServeError> =>
@@ -296,6 +393,10 @@ const require_mkdir = (d: string): void => {
 }
 
 export const commands = Command.make("sommelier").pipe(
-  Command.withDescription("Wayland proxy for virtual machine guests"),
+  Command.withDescription(
+    "Wayland proxy for virtual machine guests: unmodified Wayland applications in a VM show their windows on the host's desktop. " +
+      "Examples: sommelier serve wayland-1 --host-display wayland-0 --tag vm1; sommelier run -- foot; sommelier serve --help; " +
+      "sommelier --completions bash > ~/.local/share/bash-completion/completions/sommelier"
+  ),
   Command.withSubcommands([serveCommand, runCommand, demoCommand, emulateHostCommand, probeCommand])
 )
