@@ -526,20 +526,34 @@ export class Connection {
   // Host → client (events)
 
   onHostReadable(): boolean {
-    if (this.ended) return false
-    let r: "data" | "again" | "eof"
-    try {
-      r = this.host.fill()
-    } catch (e) {
-      this.end({ _tag: "IoError", message: `compositor read failed: ${String(e)}` })
-      return false
-    }
-    if (this.host.inEnd > this.host.inStart) {
-      if (!this.processEvents()) return false
-    }
-    if (r === "eof") {
-      this.end({ _tag: "HostClosed" })
-      return false
+    // libwayland-server cuts a client whose events it cannot flush (its buffer toward us is a
+    // few KiB), so the compositor is read until it has nothing more, not one buffer per wake-up:
+    // a client pipelining requests would otherwise get events faster than one buffer a round.
+    for (let round = 0; round < MAX_HOST_READS; round++) {
+      if (this.ended) return false
+      const host = this.host
+      let r: "data" | "again" | "eof"
+      const before = host.inEnd - host.inStart
+      try {
+        r = host.fill()
+      } catch (e) {
+        // A compositor that exits or crashes with our requests unread resets the connection
+        // (after everything it sent was read: the kernel reports the error last).
+        const code = (e as { code?: unknown }).code
+        this.end(code === "ECONNRESET" ? { _tag: "HostClosed" } : { _tag: "IoError", message: `compositor read failed: ${String(e)}` })
+        return false
+      }
+      const got = host.inEnd - host.inStart - before
+      const full = host.inEnd === host.inBuf.length
+      if (host.inEnd > host.inStart) {
+        if (!this.processEvents()) return false
+      }
+      if (r === "eof") {
+        this.end({ _tag: "HostClosed" })
+        return false
+      }
+      // A read that stopped short of a full buffer emptied the socket.
+      if (r === "again" || got <= 0 || !full) break
     }
     return true
   }
@@ -878,8 +892,11 @@ export class Connection {
       case "Shutdown":
         this.sendDisplayError(1, DisplayErrorCode.Implementation, "sommelier: the proxy is shutting down")
         break
-      case "ClientClosed":
       case "IoError":
+        // Whichever side failed, the client is told (if it is still there to read it).
+        this.sendDisplayError(1, DisplayErrorCode.Implementation, `sommelier: ${reason.message}`)
+        break
+      case "ClientClosed":
         break
     }
     for (const fd of this.outFds.splice(0)) closeFd(fd)
@@ -917,6 +934,9 @@ export class Connection {
 }
 
 const NO_FDS = { length: 0, shift: (): number | undefined => undefined }
+
+/** Buffers read from the compositor per wake-up at most (fairness toward other clients). */
+const MAX_HOST_READS = 64
 
 let closeFdImpl: (fd: number) => void = () => {}
 /** Installed by the transport layer so this module needs no FFI import. */

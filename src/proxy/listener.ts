@@ -18,6 +18,7 @@ import type { MessageDesc } from "../protocol/types.js"
 import type { MessageHook } from "./connection.js"
 import { existsSync, lstatSync, unlinkSync } from "node:fs"
 import { ServeError } from "./paths.js"
+import { SO_SNDBUF, SOL_SOCKET, sys } from "../ffi/libc.js"
 
 setFdCloser(closeFd)
 
@@ -87,6 +88,11 @@ export const localConnector = (hostPath: string): HostConnector => ({
             : new HostConnectError({ message: `cannot reach the host compositor at ${hostPath}: ${e.code}`, log: `host compositor unreachable (${e.message})` })
         )
       )
+      // A small send buffer bounds the requests the compositor has not read yet, so its answers
+      // always fit the socket toward us even while we are busy: libwayland-server cuts a client
+      // whose events it cannot flush. A client pipelining thousands of requests waits in our
+      // queue instead (and is paused at hostBackpressure).
+      sys.setsockopt(fd, SOL_SOCKET, SO_SNDBUF, HOST_SNDBUF, 4)
       const endpoint = yield* Effect.acquireRelease(
         Effect.sync(() => new SocketEndpoint(fd, { maxPendingBytes: limits.maxHostBacklog })),
         (ep) => Effect.sync(() => ep.close())
@@ -344,6 +350,9 @@ const refuse = (client: SocketEndpoint, errorDesc: MessageDesc, message: string)
     // Best effort: the client is closed right after.
   }
 }
+
+/** SO_SNDBUF toward the compositor; the kernel doubles it (32 KiB in flight). Measured: 30 000 pipelined syncs pass at this size, not at twice it. */
+const HOST_SNDBUF = new Int32Array([16 * 1024])
 
 const isDanglingLink = (path: string): boolean => {
   try {
