@@ -67,6 +67,9 @@ export interface ConnectionStats {
   requestFds: number
   eventFds: number
   batches: number
+  /** Cross-domain shm copies: bytes copied from guest pools into host blobs, and commits that copied. */
+  copiedBytes: number
+  copyCommits: number
 }
 
 export const emptyStats = (): ConnectionStats => ({
@@ -76,7 +79,9 @@ export const emptyStats = (): ConnectionStats => ({
   eventBytes: 0,
   requestFds: 0,
   eventFds: 0,
-  batches: 0
+  batches: 0,
+  copiedBytes: 0,
+  copyCommits: 0
 })
 
 /** What a batch observer sees (the per-batch trace span is built from it). */
@@ -150,6 +155,8 @@ export interface ConnectionHooks {
 export interface ConnectionOptions {
   /** Hand-written message handlers; null in local mode, where everything takes the default path. */
   readonly hooks?: ConnectionHooks | null
+  /** Shadow table in mapped-ids mode: hooks create proxy-owned host objects (cross-domain shm). */
+  readonly mappedIds?: boolean
   readonly id: number
   readonly registry: InterfaceRegistry
   /** Interfaces whose globals are hidden from the client (see defaultDeniedGlobals). */
@@ -214,7 +221,7 @@ const asciiString = (b: Uint8Array, start: number, lenWithNul: number): string =
 type WalkError = { readonly code: number; readonly objectId: number; readonly iface: string; readonly message: string }
 
 export class Connection {
-  readonly shadow = new ShadowTable()
+  readonly shadow: ShadowTable
   readonly stats = emptyStats()
   private readonly globals = new Map<number, GlobalInfo>()
   private out = new Uint8Array(8192)
@@ -244,6 +251,7 @@ export class Connection {
     readonly options: ConnectionOptions
   ) {
     const reg = options.registry
+    this.shadow = new ShadowTable({ mappedIds: options.mappedIds === true })
     this.requestHooks = options.hooks != null && options.hooks.requests.size > 0 ? options.hooks.requests : null
     this.eventHooks = options.hooks != null && options.hooks.events.size > 0 ? options.hooks.events : null
     const need = (name: string): InterfaceDesc => {

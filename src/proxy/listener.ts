@@ -55,6 +55,8 @@ export interface HostSide {
   readonly endpoint: Endpoint
   /** Hooks this transport needs for this client; they run before the server-wide `hooks`. */
   readonly hooks?: ConnectionHooks | null
+  /** The connection's shadow table allocates host ids itself (the hooks create host objects). */
+  readonly mappedIds?: boolean
   /** Called once the client's connection exists (e.g. so the endpoint can end it on a failure). */
   readonly attach?: (conn: Connection) => void
 }
@@ -148,6 +150,8 @@ const addStats = (into: ConnectionStats, s: ConnectionStats): void => {
   into.requestFds += s.requestFds
   into.eventFds += s.eventFds
   into.batches += s.batches
+  into.copiedBytes += s.copiedBytes
+  into.copyCommits += s.copyCommits
 }
 
 /**
@@ -232,6 +236,7 @@ export const serve = (options: ServeOptions): Effect.Effect<Server, ServeError, 
             : null
         const conn = new Connection(client, host, {
           hooks: clientHooks,
+          mappedIds: side.right.mappedIds === true,
           id,
           registry,
           deniedGlobals: options.deniedGlobals ?? defaultDeniedGlobals,

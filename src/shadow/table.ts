@@ -264,6 +264,15 @@ export class ShadowTable {
     return entry
   }
 
+  /**
+   * Drops an entry at once, with no `delete_id` from the host: for an object the host never
+   * knew (mapped mode, host id 0: e.g. a guest `wl_shm_pool` the proxy keeps to itself). The
+   * caller sends the client its `delete_id`.
+   */
+  forget(entry: ObjectEntry): void {
+    if (this.byClient(entry.clientId) === entry) this.remove(entry)
+  }
+
   private remove(entry: ObjectEntry): void {
     if (entry.clientId >= SERVER_ID_START) this.clientHigh.delete(entry.clientId)
     else if (entry.clientId !== 0) this.clientLow.delete(entry.clientId)
