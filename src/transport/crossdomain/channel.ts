@@ -571,6 +571,35 @@ export class CrossDomainChannel {
   }
 
   // -----------------------------------------------------------------------------------------------
+  // Images (host memory for the shm copy path)
+
+  /**
+   * GET_IMAGE_REQUIREMENTS (spec §2 step 14): the host's layout for a `width`×`height` image of
+   * `drmFormat`, answered on the query ring before its ring-0 fence signals. Throws
+   * `CrossDomainError` "Device" when the host wrote nothing (a format its allocator lacks).
+   */
+  imageRequirements(width: number, height: number, drmFormat: number, flags = 0x11 /* gbm SCANOUT | LINEAR, as sommelier */): P.ImageRequirements {
+    if (this.#closed) throw new CrossDomainError({ reason: "Closed", message: "imageRequirements on a closed channel" })
+    const ring = this.#queryMap.view
+    // On a host error nothing is written but the fence still signals: zero first.
+    ring.fill(0, 0, P.IMAGE_REQUIREMENTS_SIZE)
+    this.#device.execbuffer({
+      command: P.encodeGetImageRequirements({ width, height, drmFormat, flags }),
+      ringIdx: P.QUERY_RING,
+      boHandles: [this.#query.handle]
+    })
+    this.#device.wait(this.#query.handle)
+    const r = P.decodeImageRequirements(ring)
+    if (P.isMalformed(r) || r.size === 0n || r.blobId === 0) {
+      throw new CrossDomainError({
+        reason: "Device",
+        message: `the host cannot allocate a ${width}x${height} image of format 0x${(drmFormat >>> 0).toString(16)} (GET_IMAGE_REQUIREMENTS left no answer)`
+      })
+    }
+    return r
+  }
+
+  // -----------------------------------------------------------------------------------------------
   // Teardown
 
   /** Idempotent: closes every pipe, unmaps and releases the rings. The device stays open (its scope closes it). */
