@@ -16,7 +16,6 @@ import * as Protocols from "../../src/protocol/registry.js"
 import type { ConnectionLimits } from "../../src/proxy/connection.js"
 import { serve, type Server } from "../../src/proxy/listener.js"
 import * as Reactor from "../../src/transport/reactor.js"
-import { clientEnv } from "../helpers/proxy.js"
 
 export interface RobustProxy {
   readonly socketPath: string
@@ -30,6 +29,14 @@ export interface RobustProxy {
 }
 
 const SOCKET = "wayland-robust"
+
+/** Environment for a client of the proxy (no WAYLAND_SOCKET, no WAYLAND_DEBUG from ours). */
+export const clientEnv = (runtimeDir: string, socketName: string): NodeJS.ProcessEnv => {
+  const env: NodeJS.ProcessEnv = { ...process.env, XDG_RUNTIME_DIR: runtimeDir, WAYLAND_DISPLAY: socketName }
+  delete env.WAYLAND_SOCKET
+  delete env.WAYLAND_DEBUG
+  return env
+}
 
 export const startProxy = (hostPath: string, limits: Partial<ConnectionLimits> = {}): Effect.Effect<RobustProxy, unknown, Scope.Scope> =>
   Effect.gen(function* () {

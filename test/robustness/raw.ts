@@ -19,6 +19,7 @@ export class FdClient {
   private readonly waiters = new Set<() => void>()
   private readonly watch
   private closed = false
+  private paused = false
 
   constructor(
     readonly endpoint: SocketEndpoint,
@@ -29,20 +30,46 @@ export class FdClient {
 
   private onReady(ev: number): void {
     if (this.closed) return
-    try {
-      if (ev & EPOLLOUT) this.endpoint.flush()
-      if (ev & ~EPOLLOUT) {
-        const r = this.endpoint.fill()
-        this.take()
-        if (r === "eof") this.finish()
+    let writeFailed = false
+    if (ev & EPOLLOUT) {
+      try {
+        this.endpoint.flush()
+      } catch {
+        // EPIPE: the proxy cut us; what it sent before is still to be read.
+        writeFailed = true
       }
-    } catch {
-      // ECONNRESET and friends: the proxy cut us.
-      this.take()
-      this.finish()
     }
-    if (!this.eof) this.watch.setEvents(EPOLLIN | (this.endpoint.pendingBytes > 0 ? EPOLLOUT : 0))
+    if (ev & ~EPOLLOUT || writeFailed) {
+      try {
+        for (;;) {
+          const r = this.endpoint.fill()
+          this.take()
+          if (r === "eof") this.finish()
+          if (r !== "data" || !writeFailed) break
+        }
+      } catch {
+        // ECONNRESET and friends: the proxy cut us.
+        this.take()
+        this.finish()
+      }
+    }
+    this.rearm()
     for (const w of [...this.waiters]) w()
+  }
+
+  private rearm(): void {
+    if (!this.eof && !this.closed) this.watch.setEvents((this.paused ? 0 : EPOLLIN) | (this.endpoint.pendingBytes > 0 ? EPOLLOUT : 0))
+  }
+
+  /** Stop reading (a client that does not read its events); writes still flush. */
+  pause(): void {
+    this.paused = true
+    this.rearm()
+  }
+
+  resume(): void {
+    this.paused = false
+    this.rearm()
   }
 
   private take(): void {
@@ -70,7 +97,7 @@ export class FdClient {
     }
     try {
       const r = this.endpoint.write(bytes, 0, bytes.length, fds)
-      if (r === "queued") this.watch.setEvents(EPOLLIN | EPOLLOUT)
+      if (r === "queued") this.rearm()
       return r !== "overflow"
     } catch {
       return false
@@ -109,11 +136,11 @@ export class FdClient {
 }
 
 /** Connects to `path`; the client is closed when the scope closes. */
-export const connectFdClient = (path: string, reactor: ReactorService): Effect.Effect<FdClient, Error, Scope.Scope> =>
+export const connectFdClient = (path: string, reactor: ReactorService, maxPendingBytes = 64 * 1024 * 1024): Effect.Effect<FdClient, Error, Scope.Scope> =>
   Effect.acquireRelease(
     connectUnix(path).pipe(
       Effect.mapError((e) => new Error(`cannot connect to ${path}: ${e.message}`)),
-      Effect.map((fd) => new FdClient(new SocketEndpoint(fd), reactor))
+      Effect.map((fd) => new FdClient(new SocketEndpoint(fd, { maxPendingBytes }), reactor))
     ),
     (c) => Effect.sync(() => c.close())
   )
