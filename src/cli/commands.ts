@@ -228,6 +228,8 @@ const serveCommand = Command.make(
             Effect.mapError((e) => new ServeError({ reason: "Socket", message: e.message }))
           )
           const notifier = makeNotifier()
+          // An unsafe runtime directory is the first thing to hear about, before any probing.
+          yield* orFail(socketPath(o.socket))
           const connector = yield* resolveMode(o.mode, o.virtgpu, o.hostDisplay)
           yield* startServer({ ...o, connector, socket: o.socket, limits: limitsFrom(o), batchSpans: tracing.batchSpans, activated })
           if (notifier !== null) {
