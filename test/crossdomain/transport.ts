@@ -100,6 +100,5 @@ export const startCrossDomainProxy = (hostSocketPath: string): Effect.Effect<Cro
 /** The entry `test/helpers/proxy.ts` lists in `transports`. */
 export const crossDomain: TransportFixture = {
   name: "cross-domain",
-  start: (hostSocketPath) => startCrossDomainProxy(hostSocketPath),
-  lacks: new Map([["shm", "wl_shm pools are guest memfds, which cannot cross without the shm copy path (not implemented yet)"]])
+  start: (hostSocketPath) => startCrossDomainProxy(hostSocketPath)
 }

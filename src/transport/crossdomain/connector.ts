@@ -114,10 +114,25 @@ export const crossDomainConnector = (options: CrossDomainConnectorOptions): Effe
           Effect.sync(() => new CrossDomainEndpoint(channel)),
           (ep) => Effect.sync(() => ep.close())
         )
-        const hooks = buildHooks({ channel, registry, mappedIds: false, warn }, options.modules ?? defaultModules)
+        // Released before the endpoint, channel and device (finalizers run in reverse order).
+        const releases: Array<() => void> = []
+        yield* Effect.addFinalizer(() =>
+          Effect.sync(() => {
+            for (const release of releases.splice(0).reverse()) {
+              try {
+                release()
+              } catch (e) {
+                warn(`releasing per-connection state failed: ${describe(e)}`)
+              }
+            }
+          })
+        )
+        const hooks = buildHooks({ channel, registry, mappedIds: true, warn, onClose: (r) => void releases.push(r) }, options.modules ?? defaultModules)
         return {
           endpoint,
           hooks,
+          // The shm copy path creates host objects of its own (wl_shm_pool per blob).
+          mappedIds: true,
           attach: (conn) => {
             endpoint.onFatal = (reason) => conn.end(reason)
           }

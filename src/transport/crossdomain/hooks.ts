@@ -16,6 +16,8 @@ import { DisplayErrorCode } from "../../proxy/errors.js"
 import { closeAll, type HookContext, type HookModule, type HookTable } from "./module.js"
 import { keymaps } from "./keymap.js"
 import { readPipes } from "./pipes.js"
+import { shmCopy } from "./shm.js"
+import { dmabuf } from "./dmabuf.js"
 
 export type { HookContext, HookModule, HookTable } from "./module.js"
 
@@ -62,7 +64,7 @@ export const hostOnlyIds: HookModule = {
 }
 
 /** In order: later modules replace earlier hooks for the same message. */
-export const defaultModules: ReadonlyArray<HookModule> = [fdCheck, hostOnlyIds, readPipes, keymaps]
+export const defaultModules: ReadonlyArray<HookModule> = [fdCheck, hostOnlyIds, readPipes, keymaps, shmCopy(), dmabuf()]
 
 export const buildHooks = (ctx: HookContext, modules: ReadonlyArray<HookModule> = defaultModules): ConnectionHooks => {
   const table: HookTable = { requests: new Map(), events: new Map() }

@@ -15,6 +15,12 @@ export interface HookContext {
   readonly mappedIds: boolean
   /** For things a hook skips or works around; not for the data path's normal work. */
   readonly warn: (message: string) => void
+  /**
+   * Registers a release for per-connection state a module keeps (mappings, GEM handles, fds);
+   * run when the client's scope closes, before the channel's device is closed. Absent in tests
+   * that build hooks by hand (modules then leave cleanup to the test).
+   */
+  readonly onClose?: (release: () => void) => void
 }
 
 export interface HookTable {
