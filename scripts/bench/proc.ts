@@ -57,10 +57,25 @@ export const processTree = (root: number, exclude: ReadonlySet<string> = new Set
   return out
 }
 
-/** CPU time in ns of every thread of every process in `pids` (first field of schedstat). */
-export const cpuNs = (pids: readonly number[]): number => {
-  let total = 0
+/** Per-thread schedstat and per-process tick counts of a set of processes at one moment. */
+export interface CpuSnapshot {
+  readonly threads: ReadonlyMap<string, number>
+  readonly ticks: ReadonlyMap<number, number>
+}
+
+/** cutime + cstime: waypipe's per-client processes count here once their parent reaps them. */
+const childTicksOf = (pid: number): number => {
+  const text = readText(`/proc/${pid}/stat`)
+  if (text === null) return 0
+  const rest = text.slice(text.lastIndexOf(")") + 2).split(" ")
+  return Number(rest[13] ?? 0) + Number(rest[14] ?? 0)
+}
+
+export const cpuSnapshot = (pids: readonly number[]): CpuSnapshot => {
+  const threads = new Map<string, number>()
+  const ticks = new Map<number, number>()
   for (const pid of pids) {
+    ticks.set(pid, childTicksOf(pid))
     let tids: string[]
     try {
       tids = readdirSync(`/proc/${pid}/task`)
@@ -69,8 +84,24 @@ export const cpuNs = (pids: readonly number[]): number => {
     }
     for (const tid of tids) {
       const t = readText(`/proc/${pid}/task/${tid}/schedstat`)
-      if (t !== null) total += Number(t.split(" ")[0])
+      if (t !== null) threads.set(`${pid}/${tid}`, Number(t.split(" ")[0]))
     }
+  }
+  return { threads, ticks }
+}
+
+/**
+ * CPU ns used between two snapshots: per thread from schedstat (ns; threads born in between
+ * count from 0), plus the reaped children's time of each process (10 ms ticks). A thread that
+ * exited in between loses what it used after the first snapshot (never negative): node's
+ * threads live on; waypipe's short-lived workers may be undercounted a little.
+ */
+export const cpuDelta = (a: CpuSnapshot, b: CpuSnapshot): number => {
+  let total = 0
+  for (const [key, v] of b.threads) total += v - (a.threads.get(key) ?? 0)
+  for (const [pid, t1] of b.ticks) {
+    const t0 = a.ticks.get(pid)
+    if (t0 !== undefined) total += (t1 - t0) * 1e7
   }
   return total
 }

@@ -40,7 +40,7 @@ import { dirname, join } from "node:path"
 import { fileURLToPath, pathToFileURL } from "node:url"
 import { startWeston, type Weston } from "../../src/host/weston.js"
 import { formatCodecTable, runCodecBench, type CodecBenchRow } from "./codec.js"
-import { cpuNs, loadAverage, machineCpu, memory, processTree, treeJiffies, type Memory } from "./proc.js"
+import { cpuDelta, cpuSnapshot, loadAverage, machineCpu, memory, processTree, treeJiffies, type Memory } from "./proc.js"
 import { formatProfile, summarizeProfile, type ProfileSummary } from "./profile.js"
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..")
@@ -539,15 +539,15 @@ const runGated = async (env: Env, t: Target, args: readonly (string | number)[],
   try {
     await c.next()
     const pids = t.pids()
-    const c0 = cpuNs(pids)
+    const c0 = cpuSnapshot(pids)
     const from = Number(process.hrtime.bigint() / 1000n)
     c.send("go")
     const res = await c.next()
     const to = Number(process.hrtime.bigint() / 1000n)
-    const c1 = cpuNs(pids)
+    const c1 = cpuSnapshot(pids)
     onWindow?.(from, to)
     const ops = Number(res["frames"] ?? res["n"])
-    return pids.length > 0 ? { ...res, proxy_cpu_us: (c1 - c0) / 1e3 / ops } : res
+    return pids.length > 0 ? { ...res, proxy_cpu_us: cpuDelta(c0, c1) / 1e3 / ops } : res
   } finally {
     await c.close()
   }
@@ -555,14 +555,14 @@ const runGated = async (env: Env, t: Target, args: readonly (string | number)[],
 
 /** The connect mode is all set-up: the proxy's CPU over the whole run, per connection. */
 const runConnect = async (env: Env, t: Target, args: readonly (string | number)[]): Promise<Json> => {
-  const pids = t.pids()
-  const c0 = cpuNs(pids)
+  // waypipe forks a process per client: take the tree again at the end, counting new ones from 0.
+  const c0 = cpuSnapshot(t.pids())
   const out = await runClient(env, t, args)
-  const c1 = cpuNs(pids)
+  const c1 = cpuSnapshot(t.pids())
   const res = out[0]
   if (res === undefined) throw new Error(`bench-client ${args.join(" ")} via ${t.name}: no result`)
   const conns = Number(args[1]) + Number(args[2])
-  return pids.length > 0 ? { ...res, proxy_cpu_us: (c1 - c0) / 1e3 / conns } : res
+  return t.pids().length > 0 ? { ...res, proxy_cpu_us: cpuDelta(c0, c1) / 1e3 / conns } : res
 }
 
 const runModes = async (env: Env, targets: readonly Target[], s: ReturnType<typeof sizes>): Promise<{ raw: Raw; errors: string[] }> => {
@@ -650,22 +650,34 @@ interface MemoryRow {
   readonly idleSeconds: number
 }
 
+/**
+ * PSS after `settleMs`, the smallest of 5 readings 300 ms apart: node frees set-up garbage at
+ * its next GC, and the retained size is what per-client memory is about.
+ */
+const settledMemory = async (t: Target, settleMs: number): Promise<Memory> => {
+  await sleep(settleMs)
+  let best: Memory | null = null
+  for (let i = 0; i < 5; i++) {
+    if (i > 0) await sleep(300)
+    const m = memory(t.pids())
+    if (best === null || m.pssKiB < best.pssKiB) best = m
+  }
+  return best!
+}
+
 const runMemory = async (env: Env, t: Target, s: ReturnType<typeof sizes>): Promise<MemoryRow> => {
-  await sleep(s.memory.settleMs)
-  const idle = memory(t.pids())
+  const idle = await settledMemory(t, s.memory.settleMs)
   const few = startInteractive(env, t, ["idle", s.memory.few])
   let more: Interactive | null = null
   try {
     await few.next()
-    await sleep(s.memory.settleMs)
-    const fewMem = memory(t.pids())
-    const c0 = cpuNs(t.pids())
+    const fewMem = await settledMemory(t, s.memory.settleMs)
+    const c0 = cpuSnapshot(t.pids())
     await sleep(s.idleSeconds * 1000)
-    const c1 = cpuNs(t.pids())
+    const c1 = cpuSnapshot(t.pids())
     more = startInteractive(env, t, ["idle", s.memory.many - s.memory.few])
     await more.next()
-    await sleep(s.memory.settleMs)
-    const manyMem = memory(t.pids())
+    const manyMem = await settledMemory(t, s.memory.settleMs)
     return {
       target: t.name,
       fresh: t.fresh,
@@ -673,7 +685,7 @@ const runMemory = async (env: Env, t: Target, s: ReturnType<typeof sizes>): Prom
       few: fewMem,
       many: manyMem,
       pssPerClientKiB: (manyMem.pssKiB - fewMem.pssKiB) / (s.memory.many - s.memory.few),
-      idleCpuPercent: ((c1 - c0) / 1e9 / s.idleSeconds) * 100,
+      idleCpuPercent: (cpuDelta(c0, c1) / 1e9 / s.idleSeconds) * 100,
       idleSeconds: s.idleSeconds
     }
   } finally {
@@ -714,6 +726,19 @@ interface ScalingRow {
 
 const runScaling = async (env: Env, targets: readonly Target[], s: ReturnType<typeof sizes>): Promise<ScalingRow[]> => {
   const samples = new Map<string, Array<{ rate: number; ns: number }>>()
+  // Warm-up, not recorded: a proxy that has not seen traffic yet runs its data path unoptimised.
+  for (const t of targets) {
+    const c = startInteractive(env, t, ["busy", 10, Math.ceil(s.scaling.syncs / 10), s.scaling.window])
+    try {
+      await c.next()
+      c.send("go")
+      await c.next()
+    } catch (e) {
+      console.log(`scaling warm-up ${t.name}: ${(e as Error).message}`)
+    } finally {
+      await c.close()
+    }
+  }
   for (let r = 0; r < s.scaling.rounds; r++) {
     for (const n of s.scaling.clients) {
       for (let k = 0; k < targets.length; k++) {
@@ -722,14 +747,14 @@ const runScaling = async (env: Env, targets: readonly Target[], s: ReturnType<ty
         try {
           await c.next()
           const pids = t.pids()
-          const c0 = cpuNs(pids)
+          const c0 = cpuSnapshot(pids)
           c.send("go")
           const res = await c.next()
-          const c1 = cpuNs(pids)
+          const c1 = cpuSnapshot(pids)
           const msgs = Number(res["messages"])
           const key = `${t.name}/${n}`
           const list = samples.get(key) ?? []
-          list.push({ rate: msgs / Number(res["seconds"]), ns: (c1 - c0) / msgs })
+          list.push({ rate: msgs / Number(res["seconds"]), ns: cpuDelta(c0, c1) / msgs })
           samples.set(key, list)
         } catch (e) {
           console.log(`scaling ${t.name} ×${n}: ${(e as Error).message}`)
@@ -965,7 +990,10 @@ const main = async (settings: Settings, weston: Weston): Promise<void> => {
   if (!settings.skip.has("modes")) {
     console.log("\n## latency and throughput")
     const { raw, errors } = await runModes(env, targets, s)
-    for (const e of errors) console.log(`error: ${e}`)
+    // The same failure every round is one line with a count.
+    const counts = new Map<string, number>()
+    for (const e of errors) counts.set(e, (counts.get(e) ?? 0) + 1)
+    for (const [e, n] of counts) console.log(`error (${n}×): ${e.replace(/\s*\n\s*/g, " … ")}`)
     const cells = summarize(raw, targets, ms)
     const table = modesTable(cells, targets, ms, unavailable)
     console.log("\n" + table)
