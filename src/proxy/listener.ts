@@ -8,7 +8,7 @@
  */
 import { Data, Deferred, Effect, Exit, FiberSet, Runtime, Scope, Tracer } from "effect"
 import { Protocols } from "../protocol/registry.js"
-import { EPOLLIN, EPOLLOUT, Reactor, type Watch } from "../transport/reactor.js"
+import { EPOLLIN, EPOLLOUT, Reactor, type ReactorService, type Watch } from "../transport/reactor.js"
 import { acceptUnix, connectUnix, listenUnix, lockFile, SocketEndpoint } from "../transport/socket.js"
 import { closeFd } from "../transport/socket.js"
 import { Connection, type ConnectionHooks, type ConnectionLimits, type Endpoint, defaultDeniedGlobals, defaultLimits, type ConnectionStats, emptyStats, setFdCloser } from "./connection.js"
@@ -16,7 +16,7 @@ import type { ConnectionEndReason } from "./errors.js"
 import { encodeMessage } from "../wire/index.js"
 import type { MessageDesc } from "../protocol/types.js"
 import type { MessageHook } from "./connection.js"
-import { existsSync, lstatSync, unlinkSync } from "node:fs"
+import { closeSync, existsSync, lstatSync, openSync, unlinkSync } from "node:fs"
 import { ServeError } from "./paths.js"
 import { SO_SNDBUF, SOL_SOCKET, sys } from "../ffi/libc.js"
 
@@ -215,6 +215,7 @@ export const serve = (options: ServeOptions): Effect.Effect<Server, ServeError, 
           // Refuse fast: the client learns why instead of hanging.
           refuse(client, displayError, `sommelier: ${side.left.message}`)
           yield* Effect.logWarning(`client ${id} refused: ${side.left.log ?? side.left.message}`)
+          yield* lingerUntilHangup(reactor, client, 1000)
           return
         }
         const host = side.right.endpoint
@@ -308,14 +309,71 @@ export const serve = (options: ServeOptions): Effect.Effect<Server, ServeError, 
         Effect.catchAllDefect((d) => Effect.logError(`client ${id} failed`, d))
       )
 
+    // Out of fds, accept() fails with EMFILE and leaves the client queued, and the level-triggered
+    // listen fd wakes us again at once: a busy loop, and the client hangs. One fd kept in reserve
+    // lets us accept it, tell it why and close it; meanwhile (and whenever there is no reserve)
+    // accepting pauses, so nothing spins.
+    let reserve = openReserve()
+    let resume: ReturnType<typeof setTimeout> | null = null
+    let stopped = false
+    yield* Effect.addFinalizer(() =>
+      Effect.sync(() => {
+        stopped = true
+        if (resume !== null) clearTimeout(resume)
+        if (reserve >= 0) closeSync(reserve)
+        reserve = -1
+      })
+    )
+    const pauseAccepting = (ms: number): void => {
+      listenWatch.setEvents(0)
+      resume ??= setTimeout(() => {
+        resume = null
+        if (!stopped) listenWatch.setEvents(EPOLLIN)
+      }, ms)
+    }
     const acceptAll = (): void => {
       for (;;) {
         let fd: number
         try {
           fd = acceptUnix(listenFd)
         } catch (e) {
-          const code = (e as { code?: string }).code
-          run(Effect.logError(`accept failed (${code ?? String(e)}): new clients are refused until descriptors are free`))
+          const code = (e as { code?: string }).code ?? String(e)
+          if ((code === "EMFILE" || code === "ENFILE") && reserve >= 0) {
+            closeSync(reserve)
+            reserve = -1
+            let refused = -2
+            try {
+              refused = acceptUnix(listenFd)
+            } catch {
+              // Still none free (another thread took it): pause below.
+            }
+            if (refused >= 0) {
+              total++
+              // The client reads its error before we close (closing first would reset it);
+              // until then there is no reserve, so accepting waits.
+              listenWatch.setEvents(0)
+              const ep = new SocketEndpoint(refused)
+              refuse(ep, displayError, `sommelier: the proxy is out of file descriptors (${code}); try again later`)
+              run(
+                Effect.logWarning(`client refused: the proxy is out of file descriptors (${code}); connected clients are not affected`).pipe(
+                  Effect.zipRight(lingerUntilHangup(reactor, ep, 250)),
+                  Effect.ensuring(
+                    Effect.sync(() => {
+                      ep.close()
+                      if (stopped) return
+                      reserve = openReserve()
+                      if (resume === null) listenWatch.setEvents(EPOLLIN)
+                    })
+                  )
+                )
+              )
+              return
+            }
+            reserve = openReserve()
+            if (refused === -1) return // the client gave up meanwhile
+          }
+          run(Effect.logError(`accept failed (${code}): new clients wait until descriptors are free`))
+          pauseAccepting(100)
           return
         }
         if (fd < 0) return
@@ -328,7 +386,6 @@ export const serve = (options: ServeOptions): Effect.Effect<Server, ServeError, 
       Effect.sync(() => reactor.watch(listenFd, EPOLLIN, acceptAll)),
       (w) => Effect.sync(() => w.close())
     )
-    void listenWatch
 
     return {
       socketPath: options.socketPath,
@@ -345,6 +402,45 @@ export const serve = (options: ServeOptions): Effect.Effect<Server, ServeError, 
     } satisfies Server
   })
 
+/**
+ * Keeps a refused client's socket open until it hangs up (at most `ms`), discarding what it
+ * sends: closing with its requests unread would reset the connection, and a client whose read
+ * or write fails (ECONNRESET, EPIPE) never reads the wl_display.error that waits for it.
+ */
+const lingerUntilHangup = (reactor: ReactorService, client: SocketEndpoint, ms: number): Effect.Effect<void> =>
+  Effect.async<void>((resume) => {
+    let finished = false
+    let timer: ReturnType<typeof setTimeout> | null = null
+    let watch: Watch | null = null
+    const stop = (): void => {
+      if (timer !== null) clearTimeout(timer)
+      watch?.close()
+    }
+    const finish = (): void => {
+      if (finished) return
+      finished = true
+      stop()
+      resume(Effect.void)
+    }
+    const drain = (): void => {
+      try {
+        for (;;) {
+          const r = client.fill()
+          client.consume(client.inEnd - client.inStart)
+          for (let fd = client.inFds.shift(); fd !== undefined; fd = client.inFds.shift()) closeFd(fd)
+          if (r === "eof") return finish()
+          if (r === "again") return
+        }
+      } catch {
+        finish()
+      }
+    }
+    watch = reactor.watch(client.fd, EPOLLIN, drain)
+    timer = setTimeout(finish, ms)
+    drain()
+    return Effect.sync(stop)
+  })
+
 const refuse = (client: SocketEndpoint, errorDesc: MessageDesc, message: string): void => {
   try {
     // wl_display.error(object 1, implementation = 3, message)
@@ -358,6 +454,15 @@ const refuse = (client: SocketEndpoint, errorDesc: MessageDesc, message: string)
 
 /** SO_SNDBUF toward the compositor; the kernel doubles it (32 KiB in flight). Measured: 30 000 pipelined syncs pass at this size, not at twice it. */
 const HOST_SNDBUF = new Int32Array([16 * 1024])
+
+/** A spare fd (see acceptAll), or -1 when even that cannot be had. */
+const openReserve = (): number => {
+  try {
+    return openSync("/dev/null", "r")
+  } catch {
+    return -1
+  }
+}
 
 const isDanglingLink = (path: string): boolean => {
   try {
