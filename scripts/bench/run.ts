@@ -698,7 +698,7 @@ const mib = (kib: number): string => `${(kib / 1024).toFixed(1)} MiB`
 
 const memoryTable = (rows: readonly MemoryRow[], s: ReturnType<typeof sizes>): string => {
   const lines = [
-    `| proxy | RSS / PSS at start | PSS idle after the runs | PSS, ${s.memory.few} clients | PSS, ${s.memory.many} clients | PSS per extra client | idle CPU, ${s.memory.few} clients, ${s.idleSeconds} s | targets (local) |`,
+    `| proxy | RSS / PSS at start | PSS idle, settled | PSS, ${s.memory.few} clients | PSS, ${s.memory.many} clients | PSS per extra client | idle CPU, ${s.memory.few} clients, ${s.idleSeconds} s | targets (local) |`,
     "|---|---:|---:|---:|---:|---:|---:|---|"
   ]
   for (const r of rows) {
@@ -985,24 +985,12 @@ const main = async (settings: Settings, weston: Weston): Promise<void> => {
 
   const ms = measures(s)
   const result: Record<string, unknown> = { date, machine: mach, settings: { ...settings, only: settings.only && [...settings.only], skip: [...settings.skip] }, sizes: s, unavailable }
-  const sections: string[] = []
-
-  if (!settings.skip.has("modes")) {
-    console.log("\n## latency and throughput")
-    const { raw, errors } = await runModes(env, targets, s)
-    // The same failure every round is one line with a count.
-    const counts = new Map<string, number>()
-    for (const e of errors) counts.set(e, (counts.get(e) ?? 0) + 1)
-    for (const [e, n] of counts) console.log(`error (${n}×): ${e.replace(/\s*\n\s*/g, " … ")}`)
-    const cells = summarize(raw, targets, ms)
-    const table = modesTable(cells, targets, ms, unavailable)
-    console.log("\n" + table)
-    sections.push(table)
-    Object.assign(result, { modes: cells, raw, errors })
-    phaseDone("latency and throughput")
-  }
+  // Printed as they finish; the README and latest.md list them in this order.
+  const order = ["modes", "memory", "scaling", "codec", "reactor"]
+  const sections: Array<[string, string]> = []
 
   const proxies = targets.filter((t) => t.name !== "direct")
+  // Memory first, on proxies that have seen no traffic but the smoke test: a new session.
   if (!settings.skip.has("memory") && proxies.length > 0) {
     console.log("\n## memory and idle CPU")
     const rows: MemoryRow[] = []
@@ -1015,9 +1003,24 @@ const main = async (settings: Settings, weston: Weston): Promise<void> => {
     }
     const table = memoryTable(rows, s)
     console.log("\n" + table)
-    sections.push(table)
+    sections.push(["memory", table])
     result["memory"] = rows
     phaseDone("memory")
+  }
+
+  if (!settings.skip.has("modes")) {
+    console.log("\n## latency and throughput")
+    const { raw, errors } = await runModes(env, targets, s)
+    // The same failure every round is one line with a count.
+    const counts = new Map<string, number>()
+    for (const e of errors) counts.set(e, (counts.get(e) ?? 0) + 1)
+    for (const [e, n] of counts) console.log(`error (${n}×): ${e.replace(/\s*\n\s*/g, " … ")}`)
+    const cells = summarize(raw, targets, ms)
+    const table = modesTable(cells, targets, ms, unavailable)
+    console.log("\n" + table)
+    sections.push(["modes", table])
+    Object.assign(result, { modes: cells, raw, errors })
+    phaseDone("latency and throughput")
   }
 
   if (!settings.skip.has("scaling") && proxies.length > 0) {
@@ -1025,7 +1028,7 @@ const main = async (settings: Settings, weston: Weston): Promise<void> => {
     const rows = await runScaling(env, proxies, s)
     const table = scalingTable(rows, s)
     console.log("\n" + table)
-    sections.push(table)
+    sections.push(["scaling", table])
     result["scaling"] = rows
     phaseDone("scaling")
   }
@@ -1038,7 +1041,7 @@ const main = async (settings: Settings, weston: Weston): Promise<void> => {
     const rows: CodecBenchRow[] = runCodecBench({ minMs: s.codecMs })
     const table = formatCodecTable(rows)
     console.log("\n" + table)
-    sections.push(table)
+    sections.push(["codec", table])
     result["codec"] = rows
     phaseDone("codec")
   }
@@ -1051,7 +1054,7 @@ const main = async (settings: Settings, weston: Weston): Promise<void> => {
       result["reactor"] = r
     } else {
       console.log("\n" + r.table)
-      sections.push(r.table)
+      sections.push(["reactor", r.table])
       result["reactor"] = r.rows
     }
     phaseDone("reactor")
@@ -1070,7 +1073,7 @@ const main = async (settings: Settings, weston: Weston): Promise<void> => {
   result["seconds"] = (Date.now() - t0) / 1000
 
   const command = `npm run bench${settings.quick ? " -- --quick" : ""}`
-  const md = [...sections, "", loadLine].join("\n\n")
+  const md = [...sections.sort((a, b) => order.indexOf(a[0]) - order.indexOf(b[0])).map(([, t]) => t), loadLine].join("\n\n")
   mkdirSync(settings.out, { recursive: true })
   const jsonFile = join(settings.out, "latest.json")
   const mdFile = join(settings.out, "latest.md")
