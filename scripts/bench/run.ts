@@ -917,10 +917,13 @@ const loadMeter = () => {
 // ---------------------------------------------------------------------------------------------
 // Main
 
-const readmeSection = (md: string, m: ReturnType<typeof machine>, date: string, command: string): string =>
+const readmeSection = (md: string, m: ReturnType<typeof machine>, date: string, command: string, otherCpus: number): string =>
   [
     `\`${command}\` on ${date}: ${m.nproc} vCPU (${m.cpu}), Linux ${m.kernel}, Node ${m.node}; everything on one`,
     "CPU, medians over interleaved rounds; docs/BENCHMARKS.md explains every row.",
+    ...(otherCpus > 0.25
+      ? [`Other work kept ${otherCpus.toFixed(1)} of ${m.nproc} CPUs busy during this run (last line): compare ratios, not absolute values.`]
+      : []),
     "",
     md
   ].join("\n")
@@ -1078,10 +1081,10 @@ const main = async (settings: Settings, weston: Weston): Promise<void> => {
   const jsonFile = join(settings.out, "latest.json")
   const mdFile = join(settings.out, "latest.md")
   writeFileSync(jsonFile, JSON.stringify(result, null, 2) + "\n")
-  writeFileSync(mdFile, readmeSection(md, mach, date, command) + "\n")
+  writeFileSync(mdFile, readmeSection(md, mach, date, command, load.otherCpus) + "\n")
   console.log(`\nresults: ${jsonFile} (and ${mdFile}); ${((Date.now() - t0) / 1000).toFixed(0)} s`)
   if (settings.updateReadme) {
-    updateReadme(readmeSection(md, mach, date, command))
+    updateReadme(readmeSection(md, mach, date, command, load.otherCpus))
     console.log("README.md updated between the bench markers")
   }
   rmSync(runDir, { recursive: true, force: true })
