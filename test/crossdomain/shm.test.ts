@@ -66,6 +66,7 @@ class MemfdAllocator implements ImageAllocator {
     return {
       offset: 0,
       stride,
+      modifier: 0n,
       size,
       view: map.view,
       exportFd: () => sys.fcntl(fd, F_DUPFD_CLOEXEC, 0),

@@ -39,8 +39,8 @@ import { BLOB_FLAG_USE_MAPPABLE, BLOB_FLAG_USE_SHAREABLE, BLOB_MEM_HOST3D } from
 import { encodeMessage } from "../../wire/index.js"
 import { mapShared, type SharedMapping } from "../memfd.js"
 import type { CrossDomainChannel } from "./channel.js"
-import { bufferRectToBuffer, copyRegion, Region, surfaceRectToBuffer, type BufferGeometry, type CopyCounts, type Viewport } from "./damage.js"
-import type { HookModule } from "./module.js"
+import { bufferRectToBuffer, copyRegion, Region, surfaceRectToBuffer, type BufferGeometry, type CopyCounts, type Plane, type Viewport } from "./damage.js"
+import type { HookContext, HookModule, HookTable } from "./module.js"
 
 // wl_shm.error (wayland.xml)
 export const SHM_ERROR_INVALID_FORMAT = 0
@@ -65,6 +65,9 @@ const packedFormats: ReadonlyArray<readonly [number, readonly string[]]> = [
 ]
 const bppByFourcc = new Map<number, number>(packedFormats.flatMap(([bpp, names]) => names.map((n) => [fourcc(n), bpp] as const)))
 
+/** Bytes per pixel of a packed single-plane DRM format, or null. */
+export const drmFormatBpp = (drm: number): number | null => bppByFourcc.get(drm >>> 0) ?? null
+
 /** A wl_shm format's DRM fourcc and bytes per pixel, or null when the copy path cannot lay it out. */
 export const shmFormatInfo = (format: number): { readonly drm: number; readonly bpp: number } | null => {
   const drm = format === SHM_FORMAT_ARGB8888 ? fourcc("AR24") : format === SHM_FORMAT_XRGB8888 ? fourcc("XR24") : format >>> 0
@@ -80,6 +83,8 @@ export interface HostImage {
   /** Where plane 0 starts in the blob, and its row pitch (the host's, not the guest's). */
   readonly offset: number
   readonly stride: number
+  /** DRM format modifier of the host's layout (linear for the system allocator). */
+  readonly modifier: bigint
   /** Blob size in bytes (the size of the host's wl_shm_pool). */
   readonly size: number
   /** The proxy's one mapping of the blob; dead after `release`. */
@@ -124,6 +129,7 @@ export const channelAllocator = (channel: CrossDomainChannel): ImageAllocator =>
       return {
         offset: reqs.offsets[0],
         stride: reqs.strides[0],
+        modifier: reqs.modifier,
         size,
         view: map.view,
         exportFd: () => dev.primeHandleToFd(blob.handle),
@@ -143,49 +149,34 @@ export const channelAllocator = (channel: CrossDomainChannel): ImageAllocator =>
 }
 
 // -------------------------------------------------------------------------------------------------
-// Per-connection state
+// Buffers the proxy copies, and the surfaces that show them (shared by every source of pixels)
 
-class GuestPool {
-  buffers = 0
-  destroyed = false
-  constructor(
-    readonly fd: number,
-    public mapping: SharedMapping,
-    public size: number,
-    /** The client's wl_shm it came from (its host object makes the host pools). */
-    readonly shm: ObjectEntry,
-    /** F_SEAL_SHRINK: the file cannot get smaller than the mapping. */
-    readonly sealed: boolean
-  ) {}
-
-  release(): void {
-    this.mapping.unmap()
-    sys.close(this.fd)
-  }
+/** Where a copied buffer's pixels come from: a guest shm pool, or a mapped guest dma-buf. */
+export interface PixelSource {
+  /** The pixels to read now, or why they cannot be read (the client is then told). */
+  begin(): Plane | string
+  /** After the copy (unmaps what `begin` mapped). */
+  end(): void
+  /** The buffer is gone. */
+  release(): void
 }
 
-class ShmBuffer {
-  /** Buffer pixels that differ from the blob (all of them until the first copy). */
+/** A guest wl_buffer backed on the host by `image`, filled from `source` at commit. */
+export class CopyBuffer {
+  /** Buffer pixels that differ from the host image (all of them until the first copy). */
   readonly dirty: Region
   /** The surface whose damage this buffer follows. */
   surface: SurfaceState | null = null
   constructor(
     readonly entry: ObjectEntry,
-    readonly pool: GuestPool,
-    readonly offset: number,
     readonly width: number,
     readonly height: number,
-    readonly stride: number,
     readonly bpp: number,
-    readonly image: HostImage
+    readonly image: HostImage,
+    readonly source: PixelSource
   ) {
     this.dirty = new Region(width, height)
     this.dirty.setFull()
-  }
-
-  /** Last byte (exclusive) of the guest pool this buffer reads. */
-  get end(): number {
-    return this.offset + (this.height - 1) * this.stride + this.width * this.bpp
   }
 }
 
@@ -198,8 +189,8 @@ const sameDst = (a: readonly [number, number] | null, b: readonly [number, numbe
 
 class SurfaceState {
   /** undefined: no attach since the last commit; null: a buffer the proxy does not copy (or none). */
-  pendingBuffer: ShmBuffer | null | undefined = undefined
-  buffer: ShmBuffer | null = null
+  pendingBuffer: CopyBuffer | null | undefined = undefined
+  buffer: CopyBuffer | null = null
   /** x, y, w, h per pending `damage` (surface) and `damage_buffer` (buffer) request. */
   readonly damage: number[] = []
   readonly bufferDamage: number[] = []
@@ -212,9 +203,9 @@ class SurfaceState {
   pendingSrc: Rect4 | null | undefined = undefined
   pendingDst: readonly [number, number] | null | undefined = undefined
   /** Buffers committed on this surface and still alive: each accumulates the surface's damage. */
-  readonly known = new Set<ShmBuffer>()
+  readonly known = new Set<CopyBuffer>()
 
-  geometry(b: ShmBuffer): BufferGeometry {
+  geometry(b: CopyBuffer): BufferGeometry {
     const viewport: Viewport | null = this.src === null && this.dst === null ? null : { src: this.src, dst: this.dst }
     return { width: b.width, height: b.height, scale: this.scale, transform: this.transform, viewport }
   }
@@ -246,7 +237,7 @@ class SurfaceState {
   }
 }
 
-/** What a commit copied, for tests and diagnostics (the connection's stats sum the bytes). */
+/** What commits copied, for tests and diagnostics (the connection's stats sum the bytes). */
 export interface ShmCopyCounts extends CopyCounts {
   /** Commits that copied anything. */
   commits: number
@@ -254,10 +245,265 @@ export interface ShmCopyCounts extends CopyCounts {
   fullCopies: number
 }
 
+/** One connection's copied buffers; shared by the modules that create them (shm, dma-buf). */
+export interface CopyState {
+  readonly counts: ShmCopyCounts
+  readonly buffers: ReadonlyMap<ObjectEntry, CopyBuffer>
+  /** A new copied buffer (its client's wl_buffer entry, final host id). */
+  add(b: CopyBuffer): void
+  /** Releases everything (connection end); idempotent. */
+  release(): void
+}
+
+const copyStates = new WeakMap<HookTable, CopyState>()
+
+/**
+ * The copy state of the connection whose hooks go into `into`: made, and the wl_surface,
+ * wp_viewport and wl_buffer.destroy hooks installed, by the first module that asks.
+ */
+export const copyState = (ctx: HookContext, into: HookTable): CopyState => {
+  const existing = copyStates.get(into)
+  if (existing !== undefined) return existing
+  const reg = ctx.registry
+  const req = (i: string, n: string): MessageDesc | undefined => reg.get(i)?.requests.find((m) => m.name === n)
+  const buffers = new Map<ObjectEntry, CopyBuffer>()
+  const surfaces = new Map<ObjectEntry, SurfaceState>()
+  const viewports = new Map<ObjectEntry, SurfaceState>()
+  const counts: ShmCopyCounts = { bytes: 0, rows: 0, commits: 0, fullCopies: 0 }
+  let released = false
+  const violation = (code: number, message: string): HookResult => ({ _tag: "Violation", code, message })
+  const surfaceOf = (e: ObjectEntry): SurfaceState => {
+    let s = surfaces.get(e)
+    if (s === undefined) {
+      s = new SurfaceState()
+      surfaces.set(e, s)
+    }
+    return s
+  }
+  const drop = (b: CopyBuffer): void => {
+    buffers.delete(b.entry)
+    b.image.release()
+    b.source.release()
+    const s = b.surface
+    if (s !== null) {
+      s.known.delete(b)
+      if (s.buffer === b) s.buffer = null
+      if (s.pendingBuffer === b) s.pendingBuffer = null
+    }
+  }
+  const state: CopyState = {
+    counts,
+    buffers,
+    add: (b) => void buffers.set(b.entry, b),
+    release: () => {
+      if (released) return
+      released = true
+      for (const b of buffers.values()) {
+        b.image.release()
+        b.source.release()
+      }
+      buffers.clear()
+      surfaces.clear()
+      viewports.clear()
+    }
+  }
+  copyStates.set(into, state)
+  ctx.onClose?.(state.release)
+
+  const bufferDestroy = req("wl_buffer", "destroy")
+  if (bufferDestroy !== undefined) {
+    into.requests.set(bufferDestroy, (m): HookResult => {
+      const b = buffers.get(m.entry)
+      if (b !== undefined) drop(b)
+      return { _tag: "Forward" }
+    })
+  }
+
+  // wl_surface: double-buffered state the copy needs.
+  const on = (name: string, f: (s: SurfaceState, m: HookMessage) => HookResult | void): void => {
+    const d = req("wl_surface", name)
+    if (d === undefined) return
+    into.requests.set(d, (m) => f(surfaceOf(m.entry), m) ?? { _tag: "Forward" })
+  }
+  on("attach", (s, m) => {
+    const id = m.args[0] as number
+    if (id === 0) s.pendingBuffer = null
+    else {
+      const e = m.connection.shadow.byHost(id)
+      s.pendingBuffer = (e === undefined ? undefined : buffers.get(e)) ?? null
+    }
+  })
+  on("damage", (s, m) => {
+    const a = m.args as number[]
+    s.damage.push(a[0]!, a[1]!, a[2]!, a[3]!)
+    if (s.damage.length > 4 * 64) collapse(s.damage)
+  })
+  on("damage_buffer", (s, m) => {
+    const a = m.args as number[]
+    s.bufferDamage.push(a[0]!, a[1]!, a[2]!, a[3]!)
+    if (s.bufferDamage.length > 4 * 64) collapse(s.bufferDamage)
+  })
+  on("set_buffer_scale", (s, m) => {
+    s.pendingScale = m.args[0] as number
+  })
+  on("set_buffer_transform", (s, m) => {
+    s.pendingTransform = m.args[0] as number
+  })
+  on("destroy", (s, m) => {
+    for (const b of s.known) if (b.surface === s) b.surface = null
+    surfaces.delete(m.entry)
+  })
+  on("commit", (s, m) => {
+    const changed = s.applyGeometry()
+    if (s.pendingBuffer !== undefined) {
+      s.buffer = s.pendingBuffer
+      s.pendingBuffer = undefined
+    }
+    const c = s.buffer
+    const hadDamage = s.damage.length > 0 || s.bufferDamage.length > 0
+    if (c === null) {
+      // Content the proxy does not copy is showing: what the other buffers hold is unknown.
+      if (hadDamage || changed) for (const k of s.known) k.dirty.setFull()
+      s.damage.length = 0
+      s.bufferDamage.length = 0
+      return
+    }
+    if (c.surface !== s) {
+      if (c.surface !== null) c.surface.known.delete(c)
+      c.surface = s
+      s.known.add(c)
+      c.dirty.setFull()
+    }
+    const d = new Region(c.width, c.height)
+    if (changed) d.setFull()
+    else {
+      const g = s.geometry(c)
+      const sd = s.damage
+      for (let i = 0; i < sd.length; i += 4) surfaceRectToBuffer(g, sd[i]!, sd[i + 1]!, sd[i + 2]!, sd[i + 3]!, d)
+      const bd = s.bufferDamage
+      for (let i = 0; i < bd.length; i += 4) bufferRectToBuffer(bd[i]!, bd[i + 1]!, bd[i + 2]!, bd[i + 3]!, d)
+    }
+    s.damage.length = 0
+    s.bufferDamage.length = 0
+    if (!d.isEmpty) {
+      for (const k of s.known) {
+        if (k === c) continue
+        if (k.width === c.width && k.height === c.height) k.dirty.addRegion(d)
+        else k.dirty.setFull()
+      }
+      c.dirty.addRegion(d)
+    }
+    if (c.dirty.isEmpty) return
+    const src = c.source.begin()
+    if (typeof src === "string") return violation(SHM_ERROR_INVALID_FD, src)
+    try {
+      if (c.dirty.full) counts.fullCopies++
+      const bytes = copyRegion(src, { view: c.image.view, offset: c.image.offset, stride: c.image.stride }, c.bpp, c.dirty, counts)
+      c.dirty.clear()
+      counts.commits++
+      const stats = m.connection.stats
+      stats.copiedBytes += bytes
+      stats.copyCommits++
+    } finally {
+      c.source.end()
+    }
+  })
+
+  // wp_viewporter / wp_viewport: crop and scale, double-buffered on the surface.
+  const getViewport = req("wp_viewporter", "get_viewport")
+  const setSource = req("wp_viewport", "set_source")
+  const setDestination = req("wp_viewport", "set_destination")
+  const viewportDestroy = req("wp_viewport", "destroy")
+  if (getViewport !== undefined && setSource !== undefined && setDestination !== undefined && viewportDestroy !== undefined) {
+    into.requests.set(getViewport, (m): HookResult => {
+      const shadow = m.connection.shadow
+      const vp = shadow.byHost(m.args[0] as number)
+      const surface = shadow.byHost(m.args[1] as number)
+      if (vp !== undefined && surface !== undefined) viewports.set(vp, surfaceOf(surface))
+      return { _tag: "Forward" }
+    })
+    into.requests.set(setSource, (m): HookResult => {
+      const s = viewports.get(m.entry)
+      if (s !== undefined) {
+        const [x, y, w, h] = m.args as [number, number, number, number]
+        s.pendingSrc = x === -1 && y === -1 && w === -1 && h === -1 ? null : [x, y, w, h]
+      }
+      return { _tag: "Forward" }
+    })
+    into.requests.set(setDestination, (m): HookResult => {
+      const s = viewports.get(m.entry)
+      if (s !== undefined) {
+        const [w, h] = m.args as [number, number]
+        s.pendingDst = w === -1 && h === -1 ? null : [w, h]
+      }
+      return { _tag: "Forward" }
+    })
+    into.requests.set(viewportDestroy, (m): HookResult => {
+      const s = viewports.get(m.entry)
+      if (s !== undefined) {
+        viewports.delete(m.entry)
+        s.pendingSrc = null
+        s.pendingDst = null
+      }
+      return { _tag: "Forward" }
+    })
+  }
+  return state
+}
+
+// -------------------------------------------------------------------------------------------------
+// wl_shm
+
+class GuestPool {
+  buffers = 0
+  destroyed = false
+  constructor(
+    /** -1 once released. */
+    public fd: number,
+    public mapping: SharedMapping,
+    public size: number,
+    /** The client's wl_shm it came from (its host object makes the host pools). */
+    readonly shm: ObjectEntry,
+    /** F_SEAL_SHRINK: the file cannot get smaller than the mapping. */
+    readonly sealed: boolean
+  ) {}
+
+  /** Unmaps and closes once the client destroyed it and no buffer uses it; idempotent. */
+  releaseIfUnused(): void {
+    if (!this.destroyed || this.buffers > 0 || this.fd < 0) return
+    this.mapping.unmap()
+    sys.close(this.fd)
+    this.fd = -1
+  }
+}
+
+/** A buffer's pixels in a guest pool: `offset + y × stride + x × bpp`. */
+const poolSource = (pool: GuestPool, offset: number, width: number, height: number, stride: number, bpp: number, clientId: () => number): PixelSource => {
+  const end = offset + (height - 1) * stride + width * bpp
+  let live = true
+  return {
+    begin: () => {
+      if (!pool.sealed) {
+        const fileSize = sys.lseek(pool.fd, 0, SEEK_END)
+        if (fileSize >= 0 && fileSize < end) return `the wl_shm pool of wl_buffer@${clientId()} was truncated to ${fileSize} bytes (the buffer ends at ${end})`
+      }
+      return { view: pool.mapping.view, offset, stride }
+    },
+    end: () => {},
+    release: () => {
+      if (!live) return
+      live = false
+      pool.buffers--
+      pool.releaseIfUnused()
+    }
+  }
+}
+
 export interface ShmState {
   readonly counts: ShmCopyCounts
-  /** Live guest pools and shm-backed buffers (destroyed pools stay until their buffers go). */
+  /** Guest pools still mapped (a destroyed pool stays until its buffers go). */
   readonly pools: () => number
+  /** Copied buffers alive. */
   readonly buffers: () => number
   /** Releases everything (connection end). */
   readonly release: () => void
@@ -291,58 +537,35 @@ export const shmCopy = (options: ShmOptions = {}): HookModule => ({
       ctx.warn("protocol tables lack wl_shm: the shm copy path is off")
       return
     }
+    const copies = copyState(ctx, into)
     let allocator = options.allocator ?? null
     const alloc = (): ImageAllocator => (allocator ??= channelAllocator(ctx.channel))
 
     const pools = new Map<ObjectEntry, GuestPool>()
-    const buffers = new Map<ObjectEntry, ShmBuffer>()
-    const surfaces = new Map<ObjectEntry, SurfaceState>()
-    const viewports = new Map<ObjectEntry, SurfaceState>()
+    /** Every pool still mapped, including destroyed ones buffers still read. */
+    const mapped = new Set<GuestPool>()
     /** Formats the host announced (plus the two every compositor must support). */
     const formats = new Set<number>([SHM_FORMAT_ARGB8888, SHM_FORMAT_XRGB8888])
     /** The client's live wl_shm objects (a pool's own may be released before its buffers are made). */
     const shms = new Set<ObjectEntry>()
-    const counts: ShmCopyCounts = { bytes: 0, rows: 0, commits: 0, fullCopies: 0 }
-    let released = false
-
     const violation = (code: number, message: string): HookResult => ({ _tag: "Violation", code, message })
-    const surfaceOf = (e: ObjectEntry): SurfaceState => {
-      let s = surfaces.get(e)
-      if (s === undefined) {
-        s = new SurfaceState()
-        surfaces.set(e, s)
-      }
-      return s
-    }
-    const releasePool = (p: GuestPool): void => {
-      if (p.destroyed && p.buffers === 0) p.release()
-    }
-    const dropBuffer = (b: ShmBuffer): void => {
-      buffers.delete(b.entry)
-      b.image.release()
-      const s = b.surface
-      if (s !== null) {
-        s.known.delete(b)
-        if (s.buffer === b) s.buffer = null
-        if (s.pendingBuffer === b) s.pendingBuffer = null
-      }
-      b.pool.buffers--
-      releasePool(b.pool)
-    }
     const release = (): void => {
-      if (released) return
-      released = true
-      for (const b of buffers.values()) b.image.release()
-      const all = new Set(pools.values())
-      for (const b of buffers.values()) all.add(b.pool)
-      for (const p of all) p.release()
-      buffers.clear()
+      copies.release()
+      for (const p of mapped) {
+        p.destroyed = true
+        p.buffers = 0
+        p.releaseIfUnused()
+      }
+      mapped.clear()
       pools.clear()
-      surfaces.clear()
-      viewports.clear()
     }
+    // After the copy state's own release (registered first, run later: releases run in reverse).
     ctx.onClose?.(release)
-    options.onState?.({ counts, pools: () => new Set([...pools.values(), ...[...buffers.values()].map((b) => b.pool)]).size, buffers: () => buffers.size, release })
+    const countMapped = (): number => {
+      for (const p of mapped) if (p.fd < 0) mapped.delete(p)
+      return mapped.size
+    }
+    options.onState?.({ counts: copies.counts, pools: countMapped, buffers: () => copies.buffers.size, release })
 
     /** The client learns its id is free; the proxy answered the destructor itself. */
     const sendDeleteId = (conn: Connection, clientId: number): void => {
@@ -372,7 +595,9 @@ export const shmCopy = (options: ShmOptions = {}): HookModule => ({
       shadow.deleteId(e.hostId)
       const entry: ObjectEntry = { clientId: e.clientId, hostId: 0, iface: e.iface, version: e.version, state: ObjectState.Live }
       shadow.insert(entry)
-      pools.set(entry, new GuestPool(fd, mapping, size, m.entry, seals >= 0 && (seals & F_SEAL_SHRINK) !== 0))
+      const pool = new GuestPool(fd, mapping, size, m.entry, seals >= 0 && (seals & F_SEAL_SHRINK) !== 0)
+      pools.set(entry, pool)
+      mapped.add(pool)
       return { _tag: "Drop" }
     })
 
@@ -401,7 +626,7 @@ export const shmCopy = (options: ShmOptions = {}): HookModule => ({
       if (pool !== undefined) {
         pools.delete(m.entry)
         pool.destroyed = true
-        releasePool(pool)
+        pool.releaseIfUnused()
       }
       m.connection.shadow.forget(m.entry)
       sendDeleteId(m.connection, m.entry.clientId)
@@ -453,9 +678,8 @@ export const shmCopy = (options: ShmOptions = {}): HookModule => ({
       const hostPool = shadow.allocateHostOnly(shmPoolIface, m.entry.version)
       const entry = shadow.createByClient(made.clientId, bufferIface, made.version)
       if (typeof entry === "string") throw new Error(`wl_buffer ${made.clientId}: ${entry}`)
-      const b = new ShmBuffer(entry, pool, offset, width, height, stride, info.bpp, image)
-      buffers.set(entry, b)
       pool.buffers++
+      copies.add(new CopyBuffer(entry, width, height, info.bpp, image, poolSource(pool, offset, width, height, stride, info.bpp, () => entry.clientId)))
       const out: OutMessage[] = [
         { objectId: shm.hostId, desc: createPool, args: [hostPool.hostId, fd, image.size] },
         { objectId: hostPool.hostId, desc: createBuffer, args: [entry.hostId, image.offset, width, height, image.stride, format] },
@@ -464,15 +688,6 @@ export const shmCopy = (options: ShmOptions = {}): HookModule => ({
       shadow.destroyedByRequest(hostPool)
       return { _tag: "Replace", messages: out }
     })
-
-    const bufferDestroy = req("wl_buffer", "destroy")
-    if (bufferDestroy !== undefined) {
-      into.requests.set(bufferDestroy, (m): HookResult => {
-        const b = buffers.get(m.entry)
-        if (b !== undefined) dropBuffer(b)
-        return { _tag: "Forward" }
-      })
-    }
 
     const shmRelease = req("wl_shm", "release")
     if (shmRelease !== undefined) {
@@ -486,145 +701,6 @@ export const shmCopy = (options: ShmOptions = {}): HookModule => ({
       into.events.set(format, (m): HookResult => {
         shms.add(m.entry)
         formats.add((m.args[0] as number) >>> 0)
-        return { _tag: "Forward" }
-      })
-    }
-
-    // wl_surface: double-buffered state the copy needs.
-    const on = (name: string, f: (s: SurfaceState, m: HookMessage) => HookResult | void): void => {
-      const d = req("wl_surface", name)
-      if (d === undefined) return
-      into.requests.set(d, (m) => f(surfaceOf(m.entry), m) ?? { _tag: "Forward" })
-    }
-    on("attach", (s, m) => {
-      const id = m.args[0] as number
-      if (id === 0) s.pendingBuffer = null
-      else {
-        const e = m.connection.shadow.byHost(id)
-        s.pendingBuffer = (e === undefined ? undefined : buffers.get(e)) ?? null
-      }
-    })
-    on("damage", (s, m) => {
-      const a = m.args as number[]
-      s.damage.push(a[0]!, a[1]!, a[2]!, a[3]!)
-      if (s.damage.length > 4 * 64) collapse(s.damage)
-    })
-    on("damage_buffer", (s, m) => {
-      const a = m.args as number[]
-      s.bufferDamage.push(a[0]!, a[1]!, a[2]!, a[3]!)
-      if (s.bufferDamage.length > 4 * 64) collapse(s.bufferDamage)
-    })
-    on("set_buffer_scale", (s, m) => {
-      s.pendingScale = m.args[0] as number
-    })
-    on("set_buffer_transform", (s, m) => {
-      s.pendingTransform = m.args[0] as number
-    })
-    on("destroy", (s, m) => {
-      for (const b of s.known) if (b.surface === s) b.surface = null
-      surfaces.delete(m.entry)
-    })
-    on("commit", (s, m) => commit(s, m))
-
-    const commit = (s: SurfaceState, m: HookMessage): HookResult | void => {
-      const changed = s.applyGeometry()
-      if (s.pendingBuffer !== undefined) {
-        s.buffer = s.pendingBuffer
-        s.pendingBuffer = undefined
-      }
-      const c = s.buffer
-      const hadDamage = s.damage.length > 0 || s.bufferDamage.length > 0
-      if (c === null) {
-        // Content the proxy does not copy is showing: what the other buffers hold is unknown.
-        if (hadDamage || changed) for (const k of s.known) k.dirty.setFull()
-        s.damage.length = 0
-        s.bufferDamage.length = 0
-        return
-      }
-      if (c.surface !== s) {
-        if (c.surface !== null) c.surface.known.delete(c)
-        c.surface = s
-        s.known.add(c)
-        c.dirty.setFull()
-      }
-      const d = new Region(c.width, c.height)
-      if (changed) d.setFull()
-      else {
-        const g = s.geometry(c)
-        const sd = s.damage
-        for (let i = 0; i < sd.length; i += 4) surfaceRectToBuffer(g, sd[i]!, sd[i + 1]!, sd[i + 2]!, sd[i + 3]!, d)
-        const bd = s.bufferDamage
-        for (let i = 0; i < bd.length; i += 4) bufferRectToBuffer(bd[i]!, bd[i + 1]!, bd[i + 2]!, bd[i + 3]!, d)
-      }
-      s.damage.length = 0
-      s.bufferDamage.length = 0
-      if (!d.isEmpty) {
-        for (const k of s.known) {
-          if (k === c) continue
-          if (k.width === c.width && k.height === c.height) k.dirty.addRegion(d)
-          else k.dirty.setFull()
-        }
-        c.dirty.addRegion(d)
-      }
-      if (c.dirty.isEmpty) return
-      const pool = c.pool
-      if (!pool.sealed) {
-        const fileSize = sys.lseek(pool.fd, 0, SEEK_END)
-        if (fileSize >= 0 && fileSize < c.end) {
-          return violation(SHM_ERROR_INVALID_FD, `the wl_shm pool of wl_buffer@${c.entry.clientId} was truncated to ${fileSize} bytes (the buffer ends at ${c.end})`)
-        }
-      }
-      if (c.dirty.full) counts.fullCopies++
-      const bytes = copyRegion(
-        { view: pool.mapping.view, offset: c.offset, stride: c.stride },
-        { view: c.image.view, offset: c.image.offset, stride: c.image.stride },
-        c.bpp,
-        c.dirty,
-        counts
-      )
-      c.dirty.clear()
-      counts.commits++
-      const stats = m.connection.stats
-      stats.copiedBytes += bytes
-      stats.copyCommits++
-    }
-
-    // wp_viewporter / wp_viewport: crop and scale, double-buffered on the surface.
-    const getViewport = req("wp_viewporter", "get_viewport")
-    const setSource = req("wp_viewport", "set_source")
-    const setDestination = req("wp_viewport", "set_destination")
-    const viewportDestroy = req("wp_viewport", "destroy")
-    if (getViewport !== undefined && setSource !== undefined && setDestination !== undefined && viewportDestroy !== undefined) {
-      into.requests.set(getViewport, (m): HookResult => {
-        const shadow = m.connection.shadow
-        const vp = shadow.byHost(m.args[0] as number)
-        const surface = shadow.byHost(m.args[1] as number)
-        if (vp !== undefined && surface !== undefined) viewports.set(vp, surfaceOf(surface))
-        return { _tag: "Forward" }
-      })
-      into.requests.set(setSource, (m): HookResult => {
-        const s = viewports.get(m.entry)
-        if (s !== undefined) {
-          const [x, y, w, h] = m.args as [number, number, number, number]
-          s.pendingSrc = x === -1 && y === -1 && w === -1 && h === -1 ? null : [x, y, w, h]
-        }
-        return { _tag: "Forward" }
-      })
-      into.requests.set(setDestination, (m): HookResult => {
-        const s = viewports.get(m.entry)
-        if (s !== undefined) {
-          const [w, h] = m.args as [number, number]
-          s.pendingDst = w === -1 && h === -1 ? null : [w, h]
-        }
-        return { _tag: "Forward" }
-      })
-      into.requests.set(viewportDestroy, (m): HookResult => {
-        const s = viewports.get(m.entry)
-        if (s !== undefined) {
-          viewports.delete(m.entry)
-          s.pendingSrc = null
-          s.pendingDst = null
-        }
         return { _tag: "Forward" }
       })
     }
