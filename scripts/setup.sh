@@ -12,12 +12,16 @@ cd "$(dirname "$0")/.."
 #   xvfb, xdotool: weston's x11 backend gives tests a real wl_seat (headless weston has none)
 #   waypipe: the peer proxy measured beside us by `npm run bench`
 #   strace, util-linux (prlimit, taskset): golden capture tool and fault tests
+#   qemu-system-x86, qemu-system-gui, busybox-static, xz-utils, binutils: the VM test (npm run test:vm) boots
+#     Debian's kernel under QEMU with virtio-gpu (the gl devices draw through SDL+GL into Xvfb);
+#     the kernel and trixie's QEMU are fetched into a cache by scripts/vm/fetch.sh, not installed
 PACKAGES=(
   weston wayland-utils wl-clipboard foot
   libwayland-dev libwayland-bin wayland-protocols pkg-config gcc libc6-dev
   libdrm-dev libgbm-dev
   xvfb xdotool x11-utils
   waypipe strace util-linux
+  qemu-system-x86 qemu-system-gui busybox-static xz-utils binutils
 )
 
 missing=()
