@@ -15,7 +15,7 @@ import { spawn, spawnSync } from "node:child_process"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
-import { parseGuestOutput, type GuestOutput } from "./image.js"
+import { CACHE, parseGuestOutput, type GuestOutput } from "./image.js"
 
 export type Machine = "2d" | "gl" | "gl-blob"
 export const MACHINES: readonly Machine[] = ["2d", "gl", "gl-blob"]
@@ -38,7 +38,7 @@ export const MACHINE_SPECS: Readonly<Record<Machine, MachineSpec>> = {
   }
 }
 
-export const CACHE = path.join(process.env.XDG_CACHE_HOME || path.join(os.homedir(), ".cache"), "sommelier", "vm")
+export { CACHE }
 
 /** argv prefix of a QEMU: the host's for bookworm, the fetch.sh wrapper for trixie. */
 export const qemuCommand = (which: "bookworm" | "trixie"): readonly string[] =>
@@ -104,6 +104,10 @@ export interface BootOptions {
   readonly timeoutMs?: number
   /** Extra kernel command line. */
   readonly append?: string
+  /** vCPUs (multi-threaded TCG when > 1); default 1. */
+  readonly smp?: number
+  /** QEMU -cpu model; default "max". */
+  readonly cpu?: string
 }
 
 export interface BootResult extends GuestOutput {
@@ -111,11 +115,27 @@ export interface BootResult extends GuestOutput {
   readonly argv: readonly string[]
   /** QEMU start to exit, ms. */
   readonly wallMs: number
+  /** QEMU's CPU time (user + system, all threads), ms: unlike wall time, not inflated by a busy host. */
+  readonly cpuMs: number
   readonly exitCode: number | null
   readonly timedOut: boolean
   /** Kernel console (ttyS0) and QEMU's own stderr, for failure messages. */
   readonly console: string
   readonly qemuStderr: string
+}
+
+const CLOCK_TICKS = 100 // USER_HZ on Linux
+
+/** utime + stime of a process from /proc, ms; undefined once it is gone. */
+const cpuTimeMs = (pid: number | undefined): number | undefined => {
+  if (pid === undefined) return undefined
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8")
+    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
+    return ((Number(f[11]) + Number(f[12])) * 1000) / CLOCK_TICKS
+  } catch {
+    return undefined
+  }
 }
 
 export const boot = async (o: BootOptions): Promise<BootResult> => {
@@ -135,8 +155,9 @@ export const boot = async (o: BootOptions): Promise<BootResult> => {
   const [cmd, ...pre] = qemuCommand(spec.qemu)
   const argv = [
     ...pre,
-    "-accel", "tcg",
-    "-cpu", "max",
+    "-accel", (o.smp ?? 1) > 1 ? "tcg,thread=multi" : "tcg",
+    "-smp", String(o.smp ?? 1),
+    "-cpu", o.cpu ?? "max",
     "-m", "1024",
     "-nodefaults",
     "-no-user-config",
@@ -153,6 +174,7 @@ export const boot = async (o: BootOptions): Promise<BootResult> => {
   const started = Date.now()
   const env = { ...process.env, ...(o.display ? { DISPLAY: o.display } : {}) }
   try {
+    let cpuMs = 0
     const { exitCode, stderr, timedOut } = await new Promise<{ exitCode: number | null; stderr: string; timedOut: boolean }>(
       (resolve, reject) => {
         const proc = spawn(cmd!, argv, {
@@ -166,12 +188,21 @@ export const boot = async (o: BootOptions): Promise<BootResult> => {
           timedOut = true
           proc.kill("SIGKILL")
         }, o.timeoutMs ?? 120_000)
-        proc.once("error", (e) => {
+        // Sampled: Node gives no rusage for children. The trixie wrapper execs, so the pid is QEMU's.
+        const sampler = setInterval(() => {
+          const t = cpuTimeMs(proc.pid)
+          if (t !== undefined) cpuMs = t
+        }, 250)
+        const done = () => {
           clearTimeout(timer)
+          clearInterval(sampler)
+        }
+        proc.once("error", (e) => {
+          done()
           reject(new Error(`cannot start ${cmd}: ${e.message}`))
         })
         proc.once("exit", (code) => {
-          clearTimeout(timer)
+          done()
           resolve({ exitCode: code, stderr, timedOut })
         })
       }
@@ -182,6 +213,7 @@ export const boot = async (o: BootOptions): Promise<BootResult> => {
       machine: o.machine,
       argv: [cmd!, ...argv],
       wallMs: Date.now() - started,
+      cpuMs,
       exitCode,
       timedOut,
       console: read(consoleLog),
