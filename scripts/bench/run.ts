@@ -116,7 +116,7 @@ const sizes = (quick: boolean) => ({
   sync: quick ? { n: 5000, window: 1000 } : { n: 10000, window: 1000 },
   shm: { w: 1024, h: 768, fullFrames: quick ? 150 : 600, partialFrames: quick ? 600 : 3000, maxSeconds: quick ? 0.5 : 1.5 },
   connect: quick ? { n: 20, warm: 3 } : { n: 50, warm: 5 },
-  memory: { few: 20, many: 100, settleMs: quick ? 500 : 1500 },
+  memory: quick ? { few: 10, many: 40, settleMs: 300, samples: 3 } : { few: 20, many: 100, settleMs: 1500, samples: 5 },
   idleSeconds: quick ? 2 : 5,
   scaling: { clients: [1, 10, 100], syncs: quick ? 6000 : 30000, window: 100, rounds: quick ? 1 : 3 },
   codecMs: quick ? 300 : 1500
@@ -375,9 +375,13 @@ const startLocal = async (env: Env, weston: Weston, extraNodeArgs: readonly stri
   return { target: { name: "local", env: clientEnv(env.runDir, sock), pids: nodeProxyPids(child), fresh: null }, child }
 }
 
-const cliHelp = (args: readonly string[]): string | null => {
-  const r = spawnSync(process.execPath, [cliMain, ...args, "--help"], { encoding: "utf8", timeout: 20000 })
-  return r.status === 0 ? r.stdout : null
+/** The built CLI module's text (no node start-up: that costs seconds on a busy machine). */
+const cliSource = (file: string): string => {
+  try {
+    return readFileSync(join(root, "dist", "cli", file), "utf8")
+  } catch {
+    return ""
+  }
 }
 
 /** The emulated cross-domain path, when src/emulator and `emulate-host` exist. */
@@ -389,10 +393,10 @@ interface Started {
 
 const startCrossDomain = async (env: Env, weston: Weston, nodeArgs: (name: string) => readonly string[] = () => [], tag = "cross-domain"): Promise<Started> => {
   if (!existsSync(join(root, "src", "emulator"))) throw new Error("src/emulator does not exist")
-  const hostHelp = cliHelp(["emulate-host"])
-  if (hostHelp === null) throw new Error("`sommelier emulate-host` is not a command of this build")
-  const serveHelp = cliHelp(["serve"]) ?? ""
-  if (!serveHelp.includes("--virtgpu")) throw new Error("`sommelier serve` has no --virtgpu option")
+  const hostHelp = cliSource("emulate.js")
+  if (!hostHelp.includes('"listen"') || !cliSource("commands.js").includes("emulateHostCommand"))
+    throw new Error("`sommelier emulate-host` is not a command of this build")
+  if (!cliSource("commands.js").includes('Options.text("virtgpu")')) throw new Error("`sommelier serve` has no --virtgpu option")
   const devicePath = join(env.runDir, `virtgpu-${tag}`)
   const hostLog = join(env.runDir, `${tag}-emulate-host.log`)
   const hostArgs = [
@@ -401,7 +405,7 @@ const startCrossDomain = async (env: Env, weston: Weston, nodeArgs: (name: strin
     "emulate-host",
     "--listen",
     devicePath,
-    ...(hostHelp.includes("--host-display") ? ["--host-display", weston.socketPath] : [])
+    ...(hostHelp.includes('"host-display"') ? ["--host-display", weston.socketPath] : [])
   ]
   const host = startDaemon(env.settings, process.execPath, hostArgs, { ...weston.env, WAYLAND_DISPLAY: weston.socketPath }, hostLog)
   await waitFor("sommelier emulate-host", () => existsSync(devicePath), host, hostLog)
@@ -651,13 +655,13 @@ interface MemoryRow {
 }
 
 /**
- * PSS after `settleMs`, the smallest of 5 readings 300 ms apart: node frees set-up garbage at
+ * PSS after `settleMs`, the smallest of `samples` readings 300 ms apart: node frees set-up garbage at
  * its next GC, and the retained size is what per-client memory is about.
  */
-const settledMemory = async (t: Target, settleMs: number): Promise<Memory> => {
+const settledMemory = async (t: Target, settleMs: number, samples: number): Promise<Memory> => {
   await sleep(settleMs)
   let best: Memory | null = null
-  for (let i = 0; i < 5; i++) {
+  for (let i = 0; i < samples; i++) {
     if (i > 0) await sleep(300)
     const m = memory(t.pids())
     if (best === null || m.pssKiB < best.pssKiB) best = m
@@ -666,18 +670,18 @@ const settledMemory = async (t: Target, settleMs: number): Promise<Memory> => {
 }
 
 const runMemory = async (env: Env, t: Target, s: ReturnType<typeof sizes>): Promise<MemoryRow> => {
-  const idle = await settledMemory(t, s.memory.settleMs)
+  const idle = await settledMemory(t, s.memory.settleMs, s.memory.samples)
   const few = startInteractive(env, t, ["idle", s.memory.few])
   let more: Interactive | null = null
   try {
     await few.next()
-    const fewMem = await settledMemory(t, s.memory.settleMs)
+    const fewMem = await settledMemory(t, s.memory.settleMs, s.memory.samples)
     const c0 = cpuSnapshot(t.pids())
     await sleep(s.idleSeconds * 1000)
     const c1 = cpuSnapshot(t.pids())
     more = startInteractive(env, t, ["idle", s.memory.many - s.memory.few])
     await more.next()
-    const manyMem = await settledMemory(t, s.memory.settleMs)
+    const manyMem = await settledMemory(t, s.memory.settleMs, s.memory.samples)
     return {
       target: t.name,
       fresh: t.fresh,
