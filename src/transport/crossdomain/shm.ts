@@ -465,8 +465,12 @@ class GuestPool {
     /** The client's wl_shm it came from (its host object makes the host pools). */
     readonly shm: ObjectEntry,
     /** F_SEAL_SHRINK: the file cannot get smaller than the mapping. */
-    readonly sealed: boolean
-  ) {}
+    readonly sealed: boolean,
+    /** The connection's set of mapped pools; the pool leaves it when released. */
+    readonly owner: Set<GuestPool>
+  ) {
+    owner.add(this)
+  }
 
   /** Unmaps and closes once the client destroyed it and no buffer uses it; idempotent. */
   releaseIfUnused(): void {
@@ -474,6 +478,7 @@ class GuestPool {
     this.mapping.unmap()
     sys.close(this.fd)
     this.fd = -1
+    this.owner.delete(this)
   }
 }
 
@@ -551,21 +556,16 @@ export const shmCopy = (options: ShmOptions = {}): HookModule => ({
     const violation = (code: number, message: string): HookResult => ({ _tag: "Violation", code, message })
     const release = (): void => {
       copies.release()
-      for (const p of mapped) {
+      for (const p of [...mapped]) {
         p.destroyed = true
         p.buffers = 0
         p.releaseIfUnused()
       }
-      mapped.clear()
       pools.clear()
     }
     // After the copy state's own release (registered first, run later: releases run in reverse).
     ctx.onClose?.(release)
-    const countMapped = (): number => {
-      for (const p of mapped) if (p.fd < 0) mapped.delete(p)
-      return mapped.size
-    }
-    options.onState?.({ counts: copies.counts, pools: countMapped, buffers: () => copies.buffers.size, release })
+    options.onState?.({ counts: copies.counts, pools: () => mapped.size, buffers: () => copies.buffers.size, release })
 
     /** The client learns its id is free; the proxy answered the destructor itself. */
     const sendDeleteId = (conn: Connection, clientId: number): void => {
@@ -595,9 +595,7 @@ export const shmCopy = (options: ShmOptions = {}): HookModule => ({
       shadow.deleteId(e.hostId)
       const entry: ObjectEntry = { clientId: e.clientId, hostId: 0, iface: e.iface, version: e.version, state: ObjectState.Live }
       shadow.insert(entry)
-      const pool = new GuestPool(fd, mapping, size, m.entry, seals >= 0 && (seals & F_SEAL_SHRINK) !== 0)
-      pools.set(entry, pool)
-      mapped.add(pool)
+      pools.set(entry, new GuestPool(fd, mapping, size, m.entry, seals >= 0 && (seals & F_SEAL_SHRINK) !== 0, mapped))
       return { _tag: "Drop" }
     })
 
