@@ -945,14 +945,6 @@ const updateReadme = (section: string): void => {
 
 const main = async (settings: Settings, weston: Weston): Promise<void> => {
   const t0 = Date.now()
-  let tPhase = t0
-  const phaseDone = (name: string): void => {
-    const now = Date.now()
-    console.log(`(${name}: ${((now - tPhase) / 1000).toFixed(1)} s)`)
-    tPhase = now
-  }
-  const s = sizes(settings.quick)
-  const meter = loadMeter()
   const mach = machine()
   const date = new Date().toISOString().slice(0, 16).replace("T", " ") + " UTC"
   console.log(`sommelier bench (${settings.quick ? "quick" : "full"}), ${date}`)
@@ -965,7 +957,31 @@ const main = async (settings: Settings, weston: Weston): Promise<void> => {
   const client = buildClient()
   ensureBuilt(settings)
   const runDir = mkdtempSync(join(tmpdir(), "sommelier-bench-"))
-  const env: Env = { settings, client, runDir }
+  try {
+    await measure(settings, weston, { settings, client, runDir }, t0, mach, date)
+  } finally {
+    await stopAll()
+    rmSync(runDir, { recursive: true, force: true })
+  }
+}
+
+const measure = async (
+  settings: Settings,
+  weston: Weston,
+  env: Env,
+  t0: number,
+  mach: ReturnType<typeof machine>,
+  date: string
+): Promise<void> => {
+  const { runDir } = env
+  const s = sizes(settings.quick)
+  const meter = loadMeter()
+  let tPhase = t0
+  const phaseDone = (name: string): void => {
+    const now = Date.now()
+    console.log(`(${name}: ${((now - tPhase) / 1000).toFixed(1)} s)`)
+    tPhase = now
+  }
   const want = (n: TargetName): boolean => settings.only === null || settings.only.has(n)
 
   const targets: Target[] = [{ name: "direct", env: clientEnv(runDir, weston.socketPath), pids: () => [], fresh: null }]
@@ -1091,7 +1107,6 @@ const main = async (settings: Settings, weston: Weston): Promise<void> => {
     updateReadme(readmeSection(md, mach, date, command, load.otherCpus))
     console.log("README.md updated between the bench markers")
   }
-  rmSync(runDir, { recursive: true, force: true })
 }
 
 const settings = parseArgs(process.argv.slice(2))
