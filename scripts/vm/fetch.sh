@@ -13,7 +13,7 @@
 # Prints one line per part: `<part> <directory>`; the directory holds a `version` file.
 set -euo pipefail
 
-CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/sommelier/vm"
+CACHE="${SOMMELIER_VM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sommelier/vm}"
 KEYRING="/usr/share/keyrings/debian-archive-keyring.gpg"
 MIRROR="http://deb.debian.org/debian"
 # The modules virtio-gpu needs on Debian's 6.1 kernel, in load order (from their .modinfo
@@ -106,6 +106,8 @@ fetch_qemu_trixie() {
   rm -rf "$out.tmp" && mkdir -p "$out.tmp/root"
   local deb n=0
   for deb in "$archives"/*.deb; do dpkg-deb -x "$deb" "$out.tmp/root"; n=$((n + 1)); done
+  # Nothing here reads documentation, translations or icon themes (~90 MB).
+  rm -rf "$out.tmp/root/usr/share/"{doc,locale,man,info,icons}
   local qver; qver=$(dpkg-deb -f "$archives"/qemu-system-x86_*.deb Version)
   local size; size=$(du -cb "$archives"/*.deb | tail -1 | cut -f1)
   rm -f "$archives"/*.deb

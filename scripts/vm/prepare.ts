@@ -24,7 +24,11 @@ export type Part = "kernel" | "qemu-trixie"
 /** Runs fetch.sh for one part; returns its directory, or the reason it failed (with fetch.sh's stderr tail). */
 export const fetchPart = (part: Part): { ok: true; dir: string; version: string; ms: number } | { ok: false; error: string } => {
   const t0 = Date.now()
-  const r = spawnSync("bash", [path.join(REPO, "scripts", "vm", "fetch.sh"), part], { encoding: "utf8", timeout: 900_000 })
+  const r = spawnSync("bash", [path.join(REPO, "scripts", "vm", "fetch.sh"), part], {
+    encoding: "utf8",
+    timeout: 900_000,
+    env: { ...process.env, SOMMELIER_VM_CACHE: CACHE }
+  })
   const line = r.stdout.split("\n").find((l) => l.startsWith(`${part} `))
   if (r.status !== 0 || !line) {
     return { ok: false, error: `scripts/vm/fetch.sh ${part} exited ${r.status ?? r.signal}: ${r.stderr.trim().split("\n").slice(-8).join("\n")}` }
