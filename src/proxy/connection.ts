@@ -224,7 +224,8 @@ export class Connection {
   readonly shadow: ShadowTable
   readonly stats = emptyStats()
   private readonly globals = new Map<number, GlobalInfo>()
-  private out = new Uint8Array(8192)
+  // Grows by doubling; small to start, since most batches are a few hundred bytes.
+  private out = new Uint8Array(1024)
   private readonly outFds: number[] = []
   private ended = false
   private readonly display: InterfaceDesc

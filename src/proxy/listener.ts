@@ -379,7 +379,10 @@ export const serve = (options: ServeOptions): Effect.Effect<Server, ServeError, 
         if (fd < 0) return
         const id = nextId++
         total++
-        run(Effect.scoped(handleClient(fd, id)))
+        // immediate: the client's setup (host connection, watches) runs synchronously here, up to
+        // the fiber's first wait. Forked the usual way it would wait for the scheduler, and
+        // microtasks queued inside a libuv callback only run at Node's next tick: milliseconds.
+        run(Effect.scoped(handleClient(fd, id)), { immediate: true })
       }
     }
     const listenWatch = yield* Effect.acquireRelease(
