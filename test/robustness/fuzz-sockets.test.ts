@@ -29,8 +29,10 @@ import { framing, Replayer } from "./replay.js"
 
 const SEED = Number(process.env.ROBUST_SEED ?? 0x50c7)
 const CASES = Number(process.env.ROBUST_CASES ?? 2000)
+/** First case index (to rerun one case: ROBUST_FIRST=152 ROBUST_CASES=1). */
+const FIRST = Number(process.env.ROBUST_FIRST ?? 0)
 const WARMUP = Math.min(200, Math.floor(CASES / 10))
-const CONCURRENCY = 4
+const CONCURRENCY = 8
 // The real-socket cases use the sessions' first frames only: past them weston-simple-shm waits
 // for a repaint (16 ms) per frame, and the in-memory fuzz covers the whole sessions anyway.
 const FRAME_LIMIT = 72
@@ -68,17 +70,32 @@ const runOne = (proxy: RobustProxy, index: number): Effect.Effect<CaseOutcome, E
       }
       if (spec.rest !== undefined) yield* replay.replayFrames(spec.rest.frame, spec.rest.count)
       const shape = framing(replay.sentSinceRecord)
-      const end = yield* replay.finish(shape === "partial" ? 100 : 5000)
+      const end = yield* replay.finish(shape === "partial" ? 100 : 10_000)
       const ms = client.messages
       const errors = displayErrors(ms)
       const label = `case ${index} [${spec.label}]`
       if (end === "hung") {
         if (shape === "partial") return { index, outcome: "partial", problem: null } satisfies CaseOutcome
-        return { index, outcome: "cut", problem: `${label}: neither cut nor answered within 5 s (eof=${client.eof}, ${ms.length} messages)` }
+        const live = proxy.server
+          .connections()
+          .map((c) => `c${c.options.id}: ${c.stats.requests} requests, ${c.client.inEnd - c.client.inStart} bytes unread, paused ${c.clientPaused}, ended ${c.isEnded}`)
+          .join("; ")
+        return {
+          index,
+          outcome: "cut",
+          problem: `${label}: neither cut nor answered within 10 s (eof=${client.eof}, ${ms.length} messages, ${client.endpoint.pendingBytes} bytes unsent; proxy: ${live})`
+        }
       }
       if (end === "cut" && spec.oracle === "survive") return { index, outcome: "cut", problem: `${label}: valid traffic was cut: ${errors.map((e) => decodeDisplayError(e).message).join("; ")}` }
       if (end === "survived") {
-        if (errors.length > 0) return { index, outcome: "survived", problem: `${label}: answered after a wl_display.error` }
+        if (errors.length > 0) {
+          // Only the compositor answers after an error (libwayland-server may still flush a
+          // request it had dispatched, e.g. when the error came from a repaint); the proxy
+          // closes at once after its own. Either way the client must then be disconnected.
+          const gone = yield* client.waitFor(() => client.eof, 5000)
+          if (gone) return { index, outcome: "cut", problem: null } satisfies CaseOutcome
+          return { index, outcome: "survived", problem: `${label}: answered after a wl_display.error and not disconnected (${errors.map((e) => JSON.stringify(decodeDisplayError(e))).join("; ")})` }
+        }
         if (shape === "bad") return { index, outcome: "survived", problem: `${label}: a header libwayland rejects was not cut` }
         return { index, outcome: "survived", problem: null }
       }
@@ -123,7 +140,7 @@ describe("fuzz through the real proxy, real sockets, real weston", () => {
       const outcomes: CaseOutcome[] = []
       const batch = (from: number, to: number) =>
         Effect.forEach(
-          Array.from({ length: to - from }, (_, i) => from + i),
+          Array.from({ length: to - from }, (_, i) => FIRST + from + i),
           (i) =>
             runOne(proxy, i).pipe(
               Effect.tap((o) => Effect.sync(() => outcomes.push(o))),
@@ -158,9 +175,11 @@ describe("fuzz through the real proxy, real sockets, real weston", () => {
       expect(problems.slice(0, 10), `${problems.length} problem(s)`).toEqual([])
       expect(outcomes.length).toBe(CASES)
       // The replay must mostly work, or the cases test less than they claim.
-      expect(count("prefix-stuck") + count("prefix-cut")).toBeLessThan(CASES / 50)
-      expect(count("cut")).toBeGreaterThan(CASES / 4)
-      expect(count("survived")).toBeGreaterThan(CASES / 20)
+      if (CASES >= 100) {
+        expect(count("prefix-stuck") + count("prefix-cut")).toBeLessThan(CASES / 50)
+        expect(count("cut")).toBeGreaterThan(CASES / 4)
+        expect(count("survived")).toBeGreaterThan(CASES / 20)
+      }
       // Bystanders.
       expect(good.alive(), good.stderr()).toBe(true)
       expect(good.stderr()).toBe("")

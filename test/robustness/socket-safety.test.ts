@@ -32,7 +32,7 @@ const refused = (args: ReadonlyArray<string>, env: NodeJS.ProcessEnv) =>
   Effect.scoped(
     Effect.gen(function* () {
       const c = yield* spawnSommelier(["serve", ...args], env)
-      const exit = yield* c.wait("60 seconds")
+      const exit = yield* c.wait("150 seconds")
       const lines = exit.stderr.split("\n").filter((l) => l.trim() !== "")
       expect(exit.code, exit.stderr).toBe(1)
       expect(lines, exit.stderr).toHaveLength(1)
@@ -77,7 +77,7 @@ describe("socket safety (sommelier serve)", () => {
       expect(readdirSync(open)).toEqual([])
       expect(readdirSync(foreign)).toEqual([])
     }),
-    180_000
+    400_000
   )
 
   it.scopedLive("--host-display naming our own socket is refused (by name, by path, through a symlink)", () =>
@@ -100,7 +100,7 @@ describe("socket safety (sommelier serve)", () => {
       for (const line of lines) expect(line).toMatch(/^sommelier: refusing to proxy .* to itself/)
       expect(readdirSync(rt)).toEqual([])
     }),
-    180_000
+    400_000
   )
 
   it.scopedLive("the socket is created 0700 beside its lock; SIGTERM removes both", () =>
