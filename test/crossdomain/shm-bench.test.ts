@@ -95,22 +95,24 @@ const run = (guestStride: number, frames: number, damage: [number, number, numbe
 }
 
 describe("shm copy throughput (1024×768 ARGB)", () => {
-  it("full damage, equal strides and padded guest stride; partial damage", () => {
+  it("full damage, equal strides and padded guest stride; partial damage", async () => {
     const results: string[] = []
-    const best = (f: () => ReturnType<typeof run>) => {
+    // Best of 3; the test yields between runs so vitest's worker stays responsive.
+    const best = async (f: () => ReturnType<typeof run>) => {
       let r = f()
-      for (let i = 0; i < 4; i++) {
+      for (let i = 0; i < 2; i++) {
+        await new Promise((resolve) => setImmediate(resolve))
         const n = f()
         if (n.mbPerS > r.mbPerS) r = n
       }
       return r
     }
-    const equal = best(() => run(W * 4, 200, null))
-    const padded = best(() => run(W * 4 + 64, 200, null))
-    const partial = best(() => run(W * 4, 2000, [W / 4, H / 4, W / 4, H / 4]))
-    expect(equal.copied).toBe(200 * W * H * 4)
-    expect(padded.copied).toBe(200 * W * H * 4)
-    expect(partial.copied).toBe(2000 * (W / 4) * (H / 4) * 4)
+    const equal = await best(() => run(W * 4, 100, null))
+    const padded = await best(() => run(W * 4 + 64, 100, null))
+    const partial = await best(() => run(W * 4, 1000, [W / 4, H / 4, W / 4, H / 4]))
+    expect(equal.copied).toBe(100 * W * H * 4)
+    expect(padded.copied).toBe(100 * W * H * 4)
+    expect(partial.copied).toBe(1000 * (W / 4) * (H / 4) * 4)
     results.push(`full damage, equal strides: ${equal.mbPerS.toFixed(0)} MB/s (${equal.usPerFrame.toFixed(0)} µs/frame)`)
     results.push(`full damage, guest stride +64: ${padded.mbPerS.toFixed(0)} MB/s (${padded.usPerFrame.toFixed(0)} µs/frame)`)
     results.push(`partial 256×192: ${partial.mbPerS.toFixed(0)} MB/s (${partial.usPerFrame.toFixed(1)} µs/frame)`)
