@@ -503,6 +503,15 @@ describe("shm copy path over the data path", () => {
     }
   })
 
+  it("wl_shm.format: formats the copy cannot lay out (NV12) are not shown to the client", () => {
+    const t = setup()
+    const mark = t.client.output().length
+    t.deliver(ev(4, "wl_shm", "format", [0x3231564e]), ev(4, "wl_shm", "format", [0x34324241]))
+    // Only AB24 (packed, 4 bytes) reached the client.
+    expect(clientFrames(t.client, mark)).toEqual([{ id: 4, opcode: 0, words: [0x34324241] }])
+    t.done()
+  })
+
   it("create_pool with a size of 0 or an fd that cannot be mapped is wl_shm.error", () => {
     const t = setup()
     const ends = new Int32Array(2)

@@ -13,8 +13,9 @@
  *   `P.create_buffer(B, offset, w, h, host stride, format)`, `P.destroy()` on a proxy-owned pool
  *   P, and the client's buffer id maps to B, so `wl_buffer.release` reaches the client as usual.
  * - Formats: 0/1 (always supported, wayland.xml) and whatever the host announced with
- *   `wl_shm.format`, limited to the packed formats this module knows the pixel size of; anything
- *   else is a `wl_shm.error` naming the request.
+ *   `wl_shm.format`, limited to the packed formats this module knows the pixel size of (the
+ *   others' `format` events are not forwarded); anything else is a `wl_shm.error` naming the
+ *   request.
  * - Copies: per surface, the pending `damage` (surface coordinates, converted through scale,
  *   transform and viewport by damage.ts) and `damage_buffer` become a region of the committed
  *   buffer. Every other buffer seen on that surface accumulates the same region (a client that
@@ -698,7 +699,10 @@ export const shmCopy = (options: ShmOptions = {}): HookModule => ({
     if (format !== undefined) {
       into.events.set(format, (m): HookResult => {
         shms.add(m.entry)
-        formats.add((m.args[0] as number) >>> 0)
+        const f = (m.args[0] as number) >>> 0
+        // A format the copy cannot lay out (planar YUV and the like) is not offered at all.
+        if (shmFormatInfo(f) === null) return { _tag: "Drop" }
+        formats.add(f)
         return { _tag: "Forward" }
       })
     }
