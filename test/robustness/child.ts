@@ -32,7 +32,9 @@ let argvCache: string[] | null = null
 export const sommelierArgv = (): string[] => {
   if (argvCache !== null) return argvCache
   const built = join(repoRoot, "dist", "cli", "main.js")
-  const fresh = existsSync(built) && statSync(built).mtimeMs > newestSource(join(repoRoot, "src"))
+  // SOMMELIER_CLI=dist|tsx overrides the choice.
+  const choice = process.env.SOMMELIER_CLI
+  const fresh = choice === "dist" || (choice !== "tsx" && existsSync(built) && statSync(built).mtimeMs > newestSource(join(repoRoot, "src")))
   argvCache = fresh ? [join(repoRoot, "bin", "sommelier")] : ["--import", "tsx", join(repoRoot, "src", "cli", "main.ts")]
   return argvCache
 }

@@ -4,18 +4,18 @@
  *   and EOF, real clients exit non-zero; the proxy keeps running; new clients fail fast (an error
  *   within a second, wayland-info exits non-zero, nothing hangs); once weston is started again on
  *   the same socket path new clients work; no fd is left behind;
- * - EMFILE (the proxy as a child process with a lowered fd limit): new clients are refused with
- *   an error and a log line, the connected client is unaffected, the proxy does not spin, and
- *   clients are accepted again once fds are free;
- * - SIGTERM in the middle of traffic (child process): exit status 0, clients disconnected,
- *   socket and lock removed;
+ * - the proxy as a child process: its socket is 0700 beside its lock; EMFILE (its fd limit
+ *   lowered with prlimit): new clients are refused with an error and a log line, the connected
+ *   client is unaffected, the proxy does not spin, and clients are accepted again once fds are
+ *   free; then SIGTERM in the middle of traffic: exit status 0, clients disconnected, socket
+ *   and lock removed;
  * - a client process killed in the middle of a message that carried 29 fds: the proxy closes
  *   every one of them (in-process proxy: back to the fd snapshot).
  */
 import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
 import { spawn } from "node:child_process"
-import { existsSync, mkdtempSync, rmSync } from "node:fs"
+import { existsSync, mkdtempSync, rmSync, statSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { dirname, join } from "node:path"
 import { fileURLToPath } from "node:url"
@@ -104,13 +104,19 @@ describe("faults", () => {
     })
   )
 
-  it.scopedLive("out of fds (EMFILE): new clients refused with an error and a log line, connected ones unaffected, no busy loop", () =>
+  // One child proxy for both (a child's start is the slow part).
+  it.scopedLive("the proxy as a child: out of fds (EMFILE) new clients are refused with an error and a log line, connected ones unaffected, no busy loop; then SIGTERM mid-traffic exits 0 and removes socket and lock", () =>
     Effect.gen(function* () {
       const host = yield* headlessHost()
-      const dir = yield* tempDir("sommelier-emfile-")
+      const dir = yield* tempDir("sommelier-child-")
       const socket = join(dir, "proxy")
       const proxy = yield* spawnSommelier(["serve", socket, "--mode", "local", "--host-display", host.socketPath], { ...process.env, XDG_RUNTIME_DIR: dir })
-      yield* proxy.waitForStderr(/listening on/, "60 seconds")
+      yield* proxy.waitForStderr(/listening on/, "90 seconds")
+      const st = statSync(socket)
+      expect(st.isSocket() && (st.mode & 0o777) === 0o700, `socket mode ${(st.mode & 0o777).toString(8)}`).toBe(true)
+      expect(existsSync(`${socket}.lock`)).toBe(true)
+
+      // --- EMFILE
       const a = yield* connectRaw(socket)
       a.send(registryAndSync())
       yield* a.read((ms) => syncDone(ms))
@@ -151,18 +157,11 @@ describe("faults", () => {
       d.send(registryAndSync())
       const rd = yield* d.read((ms, eof) => eof || syncDone(ms), 3000)
       expect(rd.eof).toBe(false)
-    })
-  )
+      yield* d.close()
+      const raise = spawn("prlimit", ["--pid", String(proxy.pid), "--nofile=4096:4096"], { stdio: "ignore" })
+      yield* Effect.async<void>((resume) => void raise.once("exit", () => resume(Effect.void)))
 
-  it.scopedLive("SIGTERM in the middle of traffic: exit status 0, clients disconnected, socket and lock removed", () =>
-    Effect.gen(function* () {
-      const host = yield* headlessHost()
-      const dir = yield* tempDir("sommelier-sigterm-")
-      const socket = join(dir, "proxy")
-      const proxy = yield* spawnSommelier(["serve", socket, "--mode", "local", "--host-display", host.socketPath], { ...process.env, XDG_RUNTIME_DIR: dir })
-      yield* proxy.waitForStderr(/listening on/, "60 seconds")
-      expect(existsSync(socket) && existsSync(`${socket}.lock`)).toBe(true)
-      // A client flooding syncs while reading, and wayland-info running.
+      // --- SIGTERM while a client floods syncs (reading its answers) and wayland-info runs.
       const c = yield* connectRaw(socket)
       let id = 2
       const flood = setInterval(() => {
@@ -186,7 +185,8 @@ describe("faults", () => {
       expect(r.eof).toBe(true)
       for (const e of displayErrors(r.messages)) expect(decodeDisplayError(e).message).toMatch(/shutting down/)
       yield* info.kill("SIGKILL")
-    })
+    }),
+    240_000
   )
 
   it.scopedLive("a client killed in the middle of a message carrying 29 fds leaves no fd behind", () =>
