@@ -241,6 +241,8 @@ export class Connection {
    * it still holds (the endpoint does not say which of them a partial write already sent).
    */
   private hostFdsQueued = 0
+  /** The same toward the client: fds of events it has not read yet (keymaps, clipboard pipes). */
+  private clientFdsQueued = 0
   private readonly requestHooks: ReadonlyMap<MessageDesc, MessageHook> | null
   private readonly eventHooks: ReadonlyMap<MessageDesc, MessageHook> | null
   /** Set while the client is not being read because the compositor is backlogged. */
@@ -400,14 +402,18 @@ export class Connection {
     return true
   }
 
-  /** After every read: one client may not pin more of the process's fds than the limit. */
+  /**
+   * After every read: one client may not pin more of the process's fds than the limit — neither
+   * with fds it sends nor with fd-carrying events it asks for and does not read (each
+   * wl_seat.get_keyboard brings a keymap fd).
+   */
   private checkFdsInFlight(): boolean {
-    const inFlight = this.client.inFds.length + this.hostFdsQueued
+    const inFlight = this.client.inFds.length + this.hostFdsQueued + this.clientFdsQueued
     if (inFlight <= this.options.limits.maxFdsInFlight) return true
     this.end({
       _tag: "Limit",
       limit: "fds in flight",
-      message: `${inFlight} fds in flight (received and not yet forwarded, or queued toward the compositor), more than ${this.options.limits.maxFdsInFlight}`
+      message: `${inFlight} fds in flight (received and not yet forwarded, or queued toward the compositor or toward the client), more than ${this.options.limits.maxFdsInFlight}`
     })
     return false
   }
@@ -564,7 +570,7 @@ export class Connection {
       // A read that stopped short of a full buffer emptied the socket.
       if (r === "again" || got <= 0 || !full) break
     }
-    return true
+    return this.checkFdsInFlight()
   }
 
   private processEvents(): boolean {
@@ -669,6 +675,7 @@ export class Connection {
         })
         return false
       }
+      this.clientFdsQueued = this.client.pendingBytes > 0 ? this.clientFdsQueued + nfds : 0
       if (this.options.onBatch !== null) this.options.onBatch({ direction: "event", messages, bytes: outLen, fds: nfds })
     }
     return true
@@ -816,7 +823,9 @@ export class Connection {
   /** The client socket became writable: flush what is queued toward it. */
   onClientWritable(): boolean {
     try {
-      return this.client.flush()
+      const drained = this.client.flush()
+      if (drained) this.clientFdsQueued = 0
+      return drained
     } catch (e) {
       this.end({ _tag: "IoError", message: `client write failed: ${String(e)}` })
       return true
