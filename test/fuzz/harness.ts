@@ -284,7 +284,7 @@ export const runCase = (spec: CaseSpec): CaseResult => {
       if (direction === "request") c.onClientReadable()
       else c.onHostReadable()
       // One client may not pin more of the process's fds than the limit allows.
-      const inFlight = client.inFds.length + host.queuedFds
+      const inFlight = client.inFds.length + host.queuedFds + client.queuedFds
       if (!c.isEnded && inFlight > maxFds) problems.push(`a live client holds ${inFlight} fds in flight (limit ${maxFds})`)
     }
   }

@@ -8,20 +8,27 @@
  * cuts it at `maxHostBacklog`.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect } from "effect"
+import { Effect, type Scope } from "effect"
 import { mkdtempSync, rmSync } from "node:fs"
 import { createServer, type Socket } from "node:net"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import type { ConnectionLimits } from "../../src/proxy/connection.js"
 import { memfdCreate } from "../../src/transport/memfd.js"
-import { decodeDisplayError, message } from "../e2e/raw-client.js"
+import { decodeDisplayError, decodeGlobal, message } from "../e2e/raw-client.js"
 import { fdSnapshot } from "../helpers/proxy.js"
-import { headlessHost } from "../helpers/weston.js"
+import { headlessHost, x11Host } from "../helpers/weston.js"
 import { startProxy, until, type RobustProxy } from "./proxy.js"
 import { connectFdClient, displayErrors, type FdClient } from "./raw.js"
 
 const sync = (id: number): Buffer => message(1, 0, [id])
+/** wl_registry@2.bind(name, interface, version, id). */
+const bind = (name: number, iface: string, version: number, id: number): Buffer => {
+  const str = Buffer.alloc((iface.length + 1 + 3) & ~3)
+  str.write(iface, "latin1")
+  const words = [name, iface.length + 1, ...Array.from({ length: str.length / 4 }, (_, i) => str.readUInt32LE(i * 4)), version, id]
+  return message(2, 0, words)
+}
 const getRegistry = (id: number): Buffer => message(1, 1, [id])
 
 /** Sends a sync on `c` and waits for its done. */
@@ -51,9 +58,15 @@ const expectCut = (c: FdClient, told = true) =>
   })
 
 /** One limit: a bystander stays connected, the offender is cut, the log names both. */
-const limitCase = (limits: Partial<ConnectionLimits>, offend: (c: FdClient, proxy: RobustProxy) => Effect.Effect<void, Error>, logPattern: RegExp, told = true) =>
+const limitCase = (
+  limits: Partial<ConnectionLimits>,
+  offend: (c: FdClient, proxy: RobustProxy) => Effect.Effect<void, Error>,
+  logPattern: RegExp,
+  told = true,
+  compositor: Effect.Effect<{ readonly socketPath: string }, unknown, Scope.Scope> = headlessHost()
+) =>
   Effect.gen(function* () {
-    const host = yield* headlessHost()
+    const host = yield* compositor
     const proxy = yield* startProxy(host.socketPath, limits)
     const bystander = yield* connectFdClient(proxy.socketPath, proxy.reactor)
     yield* roundtrip(bystander, 2)
@@ -78,7 +91,7 @@ const limitCase = (limits: Partial<ConnectionLimits>, offend: (c: FdClient, prox
     return { ...offender, line: line! }
   })
 
-describe("limits over real sockets (proxy in-process, weston headless)", () => {
+describe("limits over real sockets (proxy in-process, weston)", () => {
   it.scopedLive("a client pipelining 30 000 wl_display.sync gets all 30 000 done and delete_id", () =>
     Effect.gen(function* () {
       const host = yield* headlessHost()
@@ -170,6 +183,32 @@ describe("limits over real sockets (proxy in-process, weston headless)", () => {
         /client \d+ cut at limit "fds in flight"/
       )
       expect(r.err.message).toMatch(/more than 1024/)
+    })
+  )
+
+  it.scopedLive("max fds in flight, toward the client: 8000 wl_seat.get_keyboard not read (each brings a keymap fd)", () =>
+    Effect.gen(function* () {
+      const r = yield* limitCase(
+        {},
+        (c, proxy) =>
+          Effect.gen(function* () {
+            c.send(Buffer.concat([getRegistry(2), sync(3)]))
+            yield* c.waitFor(() => c.messages.some((m) => m.objectId === 3 && m.opcode === 0))
+            const seat = c.messages.filter((m) => m.objectId === 2 && m.opcode === 0).map(decodeGlobal).find((g) => g.iface === "wl_seat")
+            if (seat === undefined) return yield* Effect.fail(new Error("the compositor has no wl_seat"))
+            c.pause()
+            c.send(bind(seat.name, "wl_seat", 1, 4))
+            // wl_seat.get_keyboard (opcode 1) again and again: weston sends a keymap fd for each.
+            c.send(Buffer.concat(Array.from({ length: 8000 }, (_, i) => message(4, 1, [5 + i]))))
+            // The client's socket absorbs a few thousand fds first; then they queue in the proxy.
+            yield* until("the proxy to cut the client", () => proxy.logs().some((l) => l.includes("fds in flight")), 30_000).pipe(Effect.ignore)
+            c.resume()
+          }),
+        /client \d+ cut at limit "fds in flight"/,
+        false,
+        x11Host()
+      )
+      expect(r.line).toMatch(/toward the client/)
     })
   )
 
