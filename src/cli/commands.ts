@@ -111,7 +111,7 @@ const maxHostBacklog = Options.integer("max-host-backlog").pipe(
 )
 const maxFdsInFlight = Options.integer("max-fds-in-flight").pipe(
   Options.withDefault(1024),
-  Options.withDescription("fds a client may have in flight (received and not yet forwarded, or queued toward the compositor) before it is disconnected")
+  Options.withDescription("fds a client may have in flight (received and not yet forwarded, or queued toward the compositor or toward the client) before it is disconnected")
 )
 
 const limitsFrom = (o: {
