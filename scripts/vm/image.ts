@@ -15,7 +15,7 @@
  *
  * Not here: fetching the kernel (`fetch.sh`) and running QEMU (`qemu.ts`).
  */
-import { execFileSync, spawnSync } from "node:child_process"
+import { spawn } from "node:child_process"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
@@ -26,6 +26,32 @@ export const REPO = path.resolve(path.dirname(new URL(import.meta.url).pathname)
 export const CACHE = path.join(process.env.XDG_CACHE_HOME || path.join(os.homedir(), ".cache"), "sommelier", "vm")
 /** Where the project lives inside the guest. */
 export const GUEST_ROOT = "/opt/sommelier"
+
+/**
+ * Runs a command without blocking the event loop (the VM test runs inside a vitest worker whose
+ * RPC times out when the loop stalls). Never rejects: a failure to start is status null.
+ */
+export const run = (
+  cmd: string,
+  args: readonly string[],
+  o: { cwd?: string; env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}
+): Promise<{ status: number | null; stdout: string; stderr: string }> =>
+  new Promise((resolve) => {
+    const proc = spawn(cmd, args, { cwd: o.cwd, env: o.env ?? process.env, stdio: ["ignore", "pipe", "pipe"] })
+    let stdout = ""
+    let stderr = ""
+    proc.stdout.on("data", (d: Buffer) => (stdout += d.toString()))
+    proc.stderr.on("data", (d: Buffer) => (stderr += d.toString()))
+    const timer = o.timeoutMs ? setTimeout(() => proc.kill("SIGKILL"), o.timeoutMs) : undefined
+    proc.once("error", (e) => {
+      clearTimeout(timer)
+      resolve({ status: null, stdout, stderr: stderr + e.message })
+    })
+    proc.once("close", (status) => {
+      clearTimeout(timer)
+      resolve({ status, stdout, stderr })
+    })
+  })
 
 export interface Job {
   /** A shell command run by busybox sh in GUEST_ROOT. */
@@ -127,51 +153,54 @@ class Cpio {
   }
 
   /** Writes the archive; parents sort before children, so every directory exists when used. */
-  write(out: string): { bytes: number; files: number } {
-    const fd = fs.openSync(out, "w")
+  async write(out: string): Promise<{ bytes: number; files: number }> {
+    const fh = await fs.promises.open(out, "w")
     let offset = 0
     let ino = 1
     const pad = (n: number) => (4 - (n % 4)) % 4
     const zeros = Buffer.alloc(4)
-    const put = (b: Buffer) => {
-      fs.writeSync(fd, b)
-      offset += b.length
-    }
-    const record = (name: string, mode: number, body: Buffer | null, size: number) => {
+    const record = async (name: string, mode: number, body: Buffer | null, size: number) => {
       const nameBuf = Buffer.from(name + "\0")
       const fields = [ino++, mode, 0, 0, 1, 0, size, 0, 0, 0, 0, nameBuf.length, 0]
-      put(Buffer.from("070701" + fields.map((f) => f.toString(16).padStart(8, "0")).join("")))
-      put(nameBuf)
-      put(zeros.subarray(0, pad(110 + nameBuf.length)))
-      if (body) put(body)
-      put(zeros.subarray(0, pad(size)))
+      const parts = [
+        Buffer.from("070701" + fields.map((f) => f.toString(16).padStart(8, "0")).join("")),
+        nameBuf,
+        zeros.subarray(0, pad(110 + nameBuf.length)),
+        ...(body ? [body] : []),
+        zeros.subarray(0, pad(size))
+      ]
+      await fh.writev(parts)
+      for (const b of parts) offset += b.length
     }
-    const names = [...this.entries.keys()].sort()
-    for (const name of names) {
-      const e = this.entries.get(name)!
-      const rel = name.slice(1)
-      switch (e.kind) {
-        case "dir":
-          record(rel, 0o040000 | e.mode, null, 0)
-          break
-        case "symlink": {
-          const b = Buffer.from(e.target)
-          record(rel, 0o120777, b, b.length)
-          break
-        }
-        case "data":
-          record(rel, 0o100000 | e.mode, e.data, e.data.length)
-          break
-        case "file": {
-          const b = fs.readFileSync(e.source)
-          record(rel, 0o100000 | e.mode, b, b.length)
-          break
+    try {
+      const names = [...this.entries.keys()].sort()
+      for (const name of names) {
+        const e = this.entries.get(name)!
+        const rel = name.slice(1)
+        switch (e.kind) {
+          case "dir":
+            await record(rel, 0o040000 | e.mode, null, 0)
+            break
+          case "symlink": {
+            const b = Buffer.from(e.target)
+            await record(rel, 0o120777, b, b.length)
+            break
+          }
+          case "data":
+            await record(rel, 0o100000 | e.mode, e.data, e.data.length)
+            break
+          case "file": {
+            const b = await fs.promises.readFile(e.source)
+            await record(rel, 0o100000 | e.mode, b, b.length)
+            break
+          }
         }
       }
+      await record("TRAILER!!!", 0, null, 0)
+      return { bytes: offset, files: names.length }
+    } finally {
+      await fh.close()
     }
-    record("TRAILER!!!", 0, null, 0)
-    fs.closeSync(fd)
-    return { bytes: offset, files: names.length }
   }
 }
 
@@ -210,7 +239,7 @@ interface Trace {
   readonly libraries: ReadonlySet<string>
 }
 
-const trace = (argv: readonly string[], cwd: string): Trace => {
+const trace = async (argv: readonly string[], cwd: string): Promise<Trace> => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "sommelier-vm-trace-"))
   try {
     const hook = path.join(dir, "hook.mjs")
@@ -218,11 +247,10 @@ const trace = (argv: readonly string[], cwd: string): Trace => {
     fs.writeFileSync(hook, TRACE_HOOK)
     fs.writeFileSync(out, "")
     // The entry may fail (no device on the host): only what it loaded matters.
-    spawnSync(process.execPath, ["--import", hook, ...argv], {
+    await run(process.execPath, ["--import", hook, ...argv], {
       cwd,
       env: { ...process.env, SOMMELIER_VM_TRACE: out },
-      stdio: "ignore",
-      timeout: 60_000
+      timeoutMs: 120_000
     })
     const files = new Set<string>()
     const libraries = new Set<string>()
@@ -258,14 +286,14 @@ const guestJsPath = (rel: string): string => rel.replace(/\.ts$/, ".js")
  * node without its symbols (~12% smaller: less for the guest kernel to unpack), cached per
  * binary; the binary itself when `strip` (binutils) is missing.
  */
-const strippedNode = (nodeBin: string): string => {
+const strippedNode = async (nodeBin: string): Promise<string> => {
   const st = fs.statSync(nodeBin)
   const dir = path.join(CACHE, "node", `${process.version}-${st.size}-${Math.floor(st.mtimeMs)}`)
   const out = path.join(dir, "node")
   if (fs.existsSync(out)) return out
   fs.mkdirSync(dir, { recursive: true })
   const tmp = `${out}.${process.pid}`
-  const r = spawnSync("strip", ["-o", tmp, nodeBin], { stdio: "ignore" })
+  const r = await run("strip", ["-o", tmp, nodeBin])
   if (r.status !== 0) return nodeBin
   fs.renameSync(tmp, out)
   return out
@@ -317,7 +345,7 @@ poweroff -f
 
 // ---------------------------------------------------------------------------------------------
 
-export const buildImage = (o: ImageOptions): ImageInfo => {
+export const buildImage = async (o: ImageOptions): Promise<ImageInfo> => {
   const cpio = new Cpio()
   const dist = path.join(REPO, "dist")
   if (!fs.existsSync(path.join(dist, "cli", "main.js"))) throw new Error(`${dist} is not built: run npm run build`)
@@ -339,7 +367,7 @@ export const buildImage = (o: ImageOptions): ImageInfo => {
     const libraries = new Set<string>()
     for (const job of Object.values(o.jobs)) {
       if (!job.trace) continue
-      const t = trace(job.trace, stage)
+      const t = await trace(job.trace, stage)
       for (const f of t.files) files.add(f)
       for (const l of t.libraries) libraries.add(l)
     }
@@ -369,8 +397,8 @@ export const buildImage = (o: ImageOptions): ImageInfo => {
 
     // node and the shared libraries it maps (libc, libstdc++, …, the loader), at their host paths.
     const nodeBin = fs.realpathSync(process.execPath)
-    cpio.file("/usr/bin/node", strippedNode(nodeBin), 0o755)
-    const interp = execFileSync("readelf", ["-l", nodeBin], { encoding: "utf8" }).match(/interpreter: (\S+)\]/)?.[1]
+    cpio.file("/usr/bin/node", await strippedNode(nodeBin), 0o755)
+    const interp = (await run("readelf", ["-l", nodeBin])).stdout.match(/interpreter: (\S+)\]/)?.[1]
     if (!interp) throw new Error(`no ELF interpreter in ${nodeBin}`)
     cpio.hostPath(interp)
     const libs = [...libraries].filter((l) => !l.startsWith(nm + "/")).sort()
@@ -387,7 +415,9 @@ export const buildImage = (o: ImageOptions): ImageInfo => {
     // busybox, modules, jobs, init.
     const busybox = "/bin/busybox"
     if (!fs.existsSync(busybox)) throw new Error(`${busybox} is missing: install busybox-static (scripts/setup.sh does)`)
-    if (/interpreter:/.test(execFileSync("readelf", ["-l", busybox], { encoding: "utf8" })))
+    const elf = await run("readelf", ["-l", busybox])
+    if (elf.status !== 0) throw new Error(`readelf -l ${busybox} failed (binutils missing?): ${elf.stderr}`)
+    if (/interpreter:/.test(elf.stdout))
       throw new Error(`${busybox} is dynamically linked: install busybox-static (scripts/setup.sh does)`)
     cpio.file("/bin/busybox", busybox, 0o755)
     const modules = fs
@@ -402,7 +432,7 @@ export const buildImage = (o: ImageOptions): ImageInfo => {
     for (const d of ["/proc", "/sys", "/dev", "/tmp", "/run", "/root"]) cpio.dir(d)
 
     fs.mkdirSync(path.dirname(o.output), { recursive: true })
-    const { bytes, files: count } = cpio.write(o.output)
+    const { bytes, files: count } = await cpio.write(o.output)
     return { path: o.output, bytes, files: count, nodeModulesFiles, libraries: libs }
   } finally {
     fs.rmSync(stage, { recursive: true, force: true })

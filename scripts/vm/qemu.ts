@@ -11,11 +11,11 @@
  *
  * Not here: building the image (`image.ts`) or fetching the kernel and trixie's QEMU (`fetch.sh`).
  */
-import { spawn, spawnSync } from "node:child_process"
+import { spawn } from "node:child_process"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
-import { CACHE, parseGuestOutput, type GuestOutput } from "./image.js"
+import { CACHE, parseGuestOutput, run, type GuestOutput } from "./image.js"
 
 export type Machine = "2d" | "gl" | "gl-blob"
 export const MACHINES: readonly Machine[] = ["2d", "gl", "gl-blob"]
@@ -45,10 +45,11 @@ export const qemuCommand = (which: "bookworm" | "trixie"): readonly string[] =>
   which === "bookworm" ? ["qemu-system-x86_64"] : [path.join(CACHE, "qemu-trixie", "qemu")]
 
 /** `QEMU emulator version …` of a QEMU, or an error message. */
-export const qemuVersion = (which: "bookworm" | "trixie"): { ok: true; version: string } | { ok: false; error: string } => {
+export const qemuVersion = async (
+  which: "bookworm" | "trixie"
+): Promise<{ ok: true; version: string } | { ok: false; error: string }> => {
   const [cmd, ...args] = qemuCommand(which)
-  const r = spawnSync(cmd!, [...args, "--version"], { encoding: "utf8", timeout: 20_000 })
-  if (r.error) return { ok: false, error: `${cmd}: ${r.error.message}` }
+  const r = await run(cmd!, [...args, "--version"], { timeoutMs: 20_000 })
   if (r.status !== 0) return { ok: false, error: `${cmd} --version exited ${r.status}: ${r.stderr.trim()}` }
   return { ok: true, version: r.stdout.split("\n")[0]!.trim() }
 }

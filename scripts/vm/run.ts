@@ -37,7 +37,7 @@ const dir = fs.mkdtempSync(path.join(os.tmpdir(), "sommelier-vm-run-"))
 let failed = false
 try {
   process.stderr.write("preparing (build, fetch, image)…\n")
-  const p = prepare(machines, path.join(dir, "initramfs.cpio"))
+  const p = await prepare(machines, path.join(dir, "initramfs.cpio"))
   const x = machines.some((m) => MACHINE_SPECS[m].gl) ? await startXvfb() : undefined
   try {
     for (const m of machines) {

@@ -22,7 +22,11 @@ const requested = (process.env.SOMMELIER_VM_SKIP ?? "").split(",").map((s) => s.
 for (const s of requested) if (!MACHINES.includes(s as Machine)) throw new Error(`SOMMELIER_VM_SKIP: unknown machine "${s}" (${MACHINES.join(", ")})`)
 const skipped = new Set(requested as Machine[])
 const machines = MACHINES.filter((m) => !skipped.has(m))
-const PARALLEL = Math.max(1, Number(process.env.SOMMELIER_VM_PARALLEL ?? 2))
+// All three at once: CPU-bound TCG on two cores finishes soonest when no core waits for the last one.
+const PARALLEL = Math.max(1, Number(process.env.SOMMELIER_VM_PARALLEL ?? 3))
+/** One node process runs the exercise (preloaded) and then the CLI's probe --json. */
+const PROBE = "exercise+probe"
+const EXERCISE_REPORT = "exercise-report"
 const BOOT_TIMEOUT_MS = Number(process.env.SOMMELIER_VM_BOOT_TIMEOUT_MS ?? 600_000)
 
 interface Run {
@@ -49,7 +53,7 @@ const pool = async <A>(items: readonly A[], n: number, f: (a: A) => Promise<void
 
 beforeAll(async () => {
   if (machines.length === 0) return
-  prepared = prepare(machines, path.join(workDir, "initramfs.cpio"))
+  prepared = await prepare(machines, path.join(workDir, "initramfs.cpio"))
   const runnable = machines.filter((m) => prepared!.unavailable[m] === undefined)
   if (runnable.some((m) => MACHINE_SPECS[m].gl)) {
     try {
@@ -65,7 +69,7 @@ beforeAll(async () => {
         machine: m,
         kernel: prepared!.kernel.vmlinux,
         initrd: prepared!.image.path,
-        jobs: ["probe", "exercise"],
+        jobs: [PROBE, EXERCISE_REPORT],
         timeoutMs: BOOT_TIMEOUT_MS,
         ...(xvfb && MACHINE_SPECS[m].gl ? { display: xvfb.display } : {})
       })
@@ -114,21 +118,21 @@ const summary = (): string => {
     const ver = prepared?.qemuVersions[spec.qemu] ?? spec.qemu
     const job = (j: string) => r.jobs[j]
     out.push(
-      `${head}\n  ${ver}; QEMU ${s(r.wallMs)}, CPU ${s(r.cpuMs)} (guest: /init at ${s(r.initMs)}, modules ${s(r.modulesMs)}, probe ${s(job("probe")?.ms)}, exercise ${s(job("exercise")?.ms)})${r.timedOut ? " TIMED OUT" : ""}`
+      `${head}\n  ${ver}; QEMU ${s(r.wallMs)}, CPU ${s(r.cpuMs)} (guest: /init at ${s(r.initMs)}, modules ${s(r.modulesMs)}, exercise + probe ${s(job(PROBE)?.ms)})${r.timedOut ? " TIMED OUT" : ""}`
     )
-    const probe = parseJson<ProbeJson>(job("probe")?.stdout)
+    const probe = parseJson<ProbeJson>(job(PROBE)?.stdout)
     const dev = probe?.devices?.[0]
     if (dev) {
       const params = dev.params.map((p) => `${p.name}=${p.value ?? p.error}`).join(" ")
       out.push(`  probe: ${params}; capsets [${dev.capsets.join(",")}]; verdict ${probe.verdict.code} (exit ${probe.exitCode})`)
-    } else out.push(`  probe: no report (rc ${job("probe")?.rc}): ${(job("probe")?.stderr ?? "").slice(0, 300)}`)
-    const ex = parseJson<ExerciseReport>(job("exercise")?.stdout)
+    } else out.push(`  probe: no report (rc ${job(PROBE)?.rc}): ${(job(PROBE)?.stderr ?? "").slice(0, 300)}`)
+    const ex = parseJson<ExerciseReport>(job(EXERCISE_REPORT)?.stdout)
     if (ex) {
       const bad = ex.steps.filter((st) => !INFO_STEPS.includes(st.step) && outcome(st) !== EXERCISE[m][st.step])
       out.push(`  exercise: ${ex.steps.length} steps, ${bad.length === 0 ? "all as expected" : `${bad.length} unexpected: ${bad.map((b) => `${b.step} → ${outcome(b)}`).join("; ")}`}`)
       for (const st of ex.steps.filter((x) => x.step.startsWith("fence event")))
         out.push(`  ${st.step}: ${st.ok ? `event ${JSON.stringify(st.value)}` : st.message}${INFO_STEPS.includes(st.step) ? " (observed, not judged)" : ""}`)
-    } else out.push(`  exercise: no report (rc ${job("exercise")?.rc}): ${(job("exercise")?.stderr ?? "").slice(0, 300)}`)
+    } else out.push(`  exercise: no report (rc ${job(EXERCISE_REPORT)?.rc}): ${(job(PROBE)?.stderr ?? "").slice(0, 300)}`)
   }
   out.push(`total ${s(Date.now() - t0)}`, "")
   return out.join("\n") + "\n"
@@ -181,12 +185,12 @@ describe.each(MACHINES)("VM %s", (m) => {
     expect(r.exitCode, context(r)).toBe(0)
     expect(r.insmodFailed, context(r)).toEqual([])
     expect(r.features, context(r)).toBeDefined()
-    expect(Object.keys(r.jobs).sort(), context(r)).toEqual(["exercise", "probe"])
+    expect(Object.keys(r.jobs).sort(), context(r)).toEqual([PROBE, EXERCISE_REPORT].sort())
   })
 
   it("sommelier probe --json reports exactly what the device offers", (ctx) => {
     const r = resultOf(m, ctx)
-    const job = r.jobs["probe"]
+    const job = r.jobs[PROBE]
     expect(job, context(r)).toBeDefined()
     const report = parseJson<ProbeJson>(job!.stdout)
     expect(report, `probe printed no JSON (rc ${job!.rc}):\n${job!.stdout}\n${job!.stderr}`).toBeDefined()
@@ -217,11 +221,10 @@ describe.each(MACHINES)("VM %s", (m) => {
 
   it("the kernel backend reaches the expected outcome at every step", (ctx) => {
     const r = resultOf(m, ctx)
-    const job = r.jobs["exercise"]
+    const job = r.jobs[EXERCISE_REPORT]
     expect(job, context(r)).toBeDefined()
     const report = parseJson<ExerciseReport>(job!.stdout)
-    expect(report, `exercise printed no JSON (rc ${job!.rc}):\n${job!.stdout}\n${job!.stderr}`).toBeDefined()
-    expect(job!.rc).toBe(0)
+    expect(report, `the exercise wrote no report:\n${r.jobs[PROBE]?.stderr}`).toBeDefined()
     const got = Object.fromEntries(report!.steps.filter((st) => !INFO_STEPS.includes(st.step)).map((st) => [st.step, outcome(st)]))
     const detail = report!.steps
       .filter((st) => outcome(st) !== EXERCISE[m][st.step])
@@ -234,7 +237,7 @@ describe.each(MACHINES)("VM %s", (m) => {
 describe("VM gl-blob: the cross-domain contract's kernel side", () => {
   const steps = (ctx: { skip: (note?: string) => never }): ReadonlyMap<string, StepResult> => {
     const r = resultOf("gl-blob", ctx)
-    const report = parseJson<ExerciseReport>(r.jobs["exercise"]?.stdout)
+    const report = parseJson<ExerciseReport>(r.jobs[EXERCISE_REPORT]?.stdout)
     if (!report) throw new Error("no exercise report")
     return new Map(report.steps.map((st) => [st.step, st]))
   }

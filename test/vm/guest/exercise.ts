@@ -10,8 +10,14 @@
  * second mapping and through the dma-buf, RESOURCE_INFO, PRIME export and import (same file and a
  * second file), GEM_CLOSE, fence events per ring, and the refusal of capset 5.
  *
- * Not here: the verdicts (that is `sommelier probe`, run as its own job).
+ * Run alone (`node test/vm/guest/exercise.js`) it prints the report; preloaded before the CLI
+ * (`node --import ./test/vm/guest/exercise.js bin/sommelier probe --json`, with
+ * SOMMELIER_VM_EXERCISE_OUT=FILE) it writes it to FILE, and the CLI then runs as usual with the
+ * modules both share already loaded: under TCG, loading Effect alone takes ~25 s of the guest's CPU.
+ *
+ * Not here: the verdicts (that is `sommelier probe`).
  */
+import { writeFileSync } from "node:fs"
 import { describeErrno } from "../../../src/ffi/errno.js"
 import { MAP_SHARED, PROT_READ, PROT_WRITE, sys, viewOf } from "../../../src/ffi/libc.js"
 import {
@@ -233,5 +239,12 @@ const main = (): ExerciseReport => {
   return { node, params, steps }
 }
 
-const report = main()
-process.stdout.write(JSON.stringify(report) + "\n")
+// scripts/vm/image.ts runs this on the host only to see what it loads: never touch a host's GPU.
+if (process.env.SOMMELIER_VM_TRACE === undefined) {
+  const report = JSON.stringify(main()) + "\n"
+  // Preloaded with `node --import` before the CLI (which then finds Effect already loaded): the
+  // report goes to a file so the CLI's stdout stays its own.
+  const out = process.env.SOMMELIER_VM_EXERCISE_OUT
+  if (out) writeFileSync(out, report)
+  else process.stdout.write(report)
+}
