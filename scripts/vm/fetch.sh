@@ -46,6 +46,7 @@ apt_private() {
     -o "Dir::Cache=$dir/cache"
     -o "Debug::NoLocking=1"
     -o "APT::Get::Assume-Yes=true"
+    -o "Acquire::Retries=3"
   )
   # As root apt drops to _apt for downloads, which cannot enter a private dir under /root.
   if [[ $EUID -eq 0 ]]; then APT_OPTS+=(-o "APT::Sandbox::User=root"); fi

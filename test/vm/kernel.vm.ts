@@ -118,7 +118,7 @@ const summary = (): string => {
     const ver = prepared?.qemuVersions[spec.qemu] ?? spec.qemu
     const job = (j: string) => r.jobs[j]
     out.push(
-      `${head}\n  ${ver}; QEMU ${s(r.wallMs)}, CPU ${s(r.cpuMs)} (guest: /init at ${s(r.initMs)}, modules ${s(r.modulesMs)}, exercise + probe ${s(job(PROBE)?.ms)})${r.timedOut ? " TIMED OUT" : ""}`
+      `${head}: RAN\n  ${ver}; QEMU ${s(r.wallMs)}, CPU ${s(r.cpuMs)} (guest: /init at ${s(r.initMs)}, modules ${s(r.modulesMs)}, exercise + probe ${s(job(PROBE)?.ms)})${r.timedOut ? " TIMED OUT" : ""}`
     )
     const probe = parseJson<ProbeJson>(job(PROBE)?.stdout)
     const dev = probe?.devices?.[0]
