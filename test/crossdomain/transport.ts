@@ -51,7 +51,8 @@ export const startEmulatorProcess = (listenPath: string, waylandSocket: string):
       let err = ""
       let out = ""
       let done = false
-      const timer = setTimeout(() => finish(new Error(`emulator did not start within 20 s; stderr: ${err}`)), 20_000)
+      // Generous: the child loads the emulator through tsx, which is slow on a loaded 2-core machine.
+      const timer = setTimeout(() => finish(new Error(`emulator did not start within 45 s; stderr: ${err}`)), 45_000)
       const finish = (e: Error | null): void => {
         if (done) return
         done = true
