@@ -193,6 +193,7 @@ describe("fuzz through the real proxy, real sockets, real weston", () => {
       expect(leaked).toEqual([])
       expect(fdsAfter.fds.size).toBe(fdsBefore.fds.size)
       expect(heapAfter - heapBefore).toBeLessThan(8 * 1024 * 1024)
-    })
+    }),
+    240_000
   )
 })
