@@ -8,7 +8,7 @@ import { emulateHostCommand } from "./emulate.js"
 import { probeCommand } from "./probe.js"
 import { Duration, Effect, Layer, Option } from "effect"
 import { spawn } from "node:child_process"
-import { copyFileSync, mkdtempSync, readdirSync, rmSync } from "node:fs"
+import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join, resolve } from "node:path"
 import { startWeston } from "../host/weston.js"
@@ -364,7 +364,7 @@ const demoCommand = Command.make(
           if (embedded) {
             const shotDir = join(dir, "shot")
             const env = { ...process.env, XDG_RUNTIME_DIR: hostPath.slice(0, hostPath.lastIndexOf("/")), WAYLAND_DISPLAY: hostPath }
-            yield* Effect.sync(() => require_mkdir(shotDir))
+            yield* Effect.sync(() => mkdirSync(shotDir, { recursive: true }))
             const status = yield* runChild("weston-screenshooter", [], env, shotDir)
             const file = readdirSync(shotDir).find((f) => f.endsWith(".png"))
             if (status !== 0 || file === undefined) return yield* fail(`weston-screenshooter failed (status ${status})`)
@@ -389,10 +389,6 @@ const demoCommand = Command.make(
   )
 )
 
-import { mkdirSync } from "node:fs"
-const require_mkdir = (d: string): void => {
-  mkdirSync(d, { recursive: true })
-}
 
 export const commands = Command.make("sommelier").pipe(
   Command.withDescription(
