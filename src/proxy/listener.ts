@@ -9,9 +9,10 @@
 import { Data, Deferred, Effect, Exit, FiberSet, Runtime, Scope, Tracer } from "effect"
 import { Protocols } from "../protocol/registry.js"
 import { EPOLLIN, EPOLLOUT, Reactor, type ReactorService, type Watch } from "../transport/reactor.js"
-import { acceptUnix, connectUnix, listenUnix, lockFile, SocketEndpoint } from "../transport/socket.js"
+import { acceptUnix, connectUnixSync, listenUnix, lockFile, SocketEndpoint } from "../transport/socket.js"
+import { SyscallError } from "../ffi/errno.js"
 import { closeFd } from "../transport/socket.js"
-import { Connection, type ConnectionHooks, type ConnectionLimits, type Endpoint, defaultDeniedGlobals, defaultLimits, type ConnectionStats, emptyStats, setFdCloser } from "./connection.js"
+import { Connection, type ConnectionHooks, type ConnectionOptions, type ConnectionLimits, type Endpoint, defaultDeniedGlobals, defaultLimits, type ConnectionStats, emptyStats, setFdCloser } from "./connection.js"
 import type { ConnectionEndReason } from "./errors.js"
 import { encodeMessage } from "../wire/index.js"
 import type { MessageDesc } from "../protocol/types.js"
@@ -32,7 +33,11 @@ export interface ServeOptions {
   readonly trace?: ((line: string) => void) | null
   /** Interfaces hidden from clients; default `defaultDeniedGlobals`. */
   readonly deniedGlobals?: ReadonlySet<string>
-  /** Emit an Effect span per forwarded batch (costs one Effect step per batch). */
+  /**
+   * Emit Effect spans: one per client connection (its set-up and teardown then run in a fiber)
+   * and one per forwarded batch (one Effect step per batch). Off, clients are handled in plain
+   * code when the connector allows it (`HostConnector.connectSync`).
+   */
   readonly batchSpans?: boolean
   /**
    * An already listening socket to serve instead of binding `socketPath` (systemd socket
@@ -64,6 +69,13 @@ export interface HostSide {
 /** A client's host side could not be opened: `message` is told to the client, `log` (default: the same) logged. */
 export class HostConnectError extends Data.TaggedError("HostConnectError")<{ readonly message: string; readonly log?: string }> {}
 
+/** A host side opened without Effect (`HostConnector.connectSync`), with what closes it. */
+export interface OpenedHostSide {
+  readonly side: HostSide
+  /** Closes what `connectSync` opened; idempotent. */
+  readonly release: () => void
+}
+
 /**
  * How a client's host side is reached: a Unix socket to the compositor (local mode,
  * `localConnector`) or a cross-domain channel over virtio-gpu (src/transport/crossdomain/).
@@ -73,35 +85,49 @@ export interface HostConnector {
   /** Where clients are forwarded, for logs, e.g. the compositor's socket path. */
   readonly description: string
   readonly connect: (client: { readonly id: number; readonly limits: ConnectionLimits }) => Effect.Effect<HostSide, HostConnectError, Scope.Scope>
+  /**
+   * The same without Effect, when opening is plain synchronous work (local mode: socket +
+   * connect). With it, and no spans to emit, a client is set up and torn down in plain code
+   * from the accept callback: no fiber, scope or span per client (they cost milliseconds of
+   * CPU per connection, measured).
+   */
+  readonly connectSync?: (client: { readonly id: number; readonly limits: ConnectionLimits }) => OpenedHostSide | HostConnectError
 }
 
+const hostUnreachable = (hostPath: string, e: SyscallError): HostConnectError =>
+  e.code === "EMFILE" || e.code === "ENFILE"
+    ? new HostConnectError({
+        message: `the proxy is out of file descriptors (${e.code}); try again later`,
+        log: `the proxy is out of file descriptors (${e.code}); connected clients are not affected`
+      })
+    : new HostConnectError({ message: `cannot reach the host compositor at ${hostPath}: ${e.code}`, log: `host compositor unreachable (${e.message})` })
+
 /** Local mode: one connection to the compositor's socket per client; fds pass straight through. */
-export const localConnector = (hostPath: string): HostConnector => ({
-  description: hostPath,
-  connect: ({ limits }) =>
-    Effect.gen(function* () {
-      const fd = yield* connectUnix(hostPath).pipe(
-        Effect.mapError((e) =>
-          e.code === "EMFILE" || e.code === "ENFILE"
-            ? new HostConnectError({
-                message: `the proxy is out of file descriptors (${e.code}); try again later`,
-                log: `the proxy is out of file descriptors (${e.code}); connected clients are not affected`
-              })
-            : new HostConnectError({ message: `cannot reach the host compositor at ${hostPath}: ${e.code}`, log: `host compositor unreachable (${e.message})` })
-        )
-      )
-      // A small send buffer bounds the requests the compositor has not read yet, so its answers
-      // always fit the socket toward us even while we are busy: libwayland-server cuts a client
-      // whose events it cannot flush. A client pipelining thousands of requests waits in our
-      // queue instead (and is paused at hostBackpressure).
-      sys.setsockopt(fd, SOL_SOCKET, SO_SNDBUF, HOST_SNDBUF, 4)
-      const endpoint = yield* Effect.acquireRelease(
-        Effect.sync(() => new SocketEndpoint(fd, { maxPendingBytes: limits.maxHostBacklog })),
-        (ep) => Effect.sync(() => ep.close())
-      )
-      return { endpoint }
-    })
-})
+export const localConnector = (hostPath: string): HostConnector => {
+  const connectSync = ({ limits }: { readonly limits: ConnectionLimits }): OpenedHostSide | HostConnectError => {
+    const fd = connectUnixSync(hostPath)
+    if (fd instanceof SyscallError) return hostUnreachable(hostPath, fd)
+    // A small send buffer bounds the requests the compositor has not read yet, so its answers
+    // always fit the socket toward us even while we are busy: libwayland-server cuts a client
+    // whose events it cannot flush. A client pipelining thousands of requests waits in our
+    // queue instead (and is paused at hostBackpressure).
+    sys.setsockopt(fd, SOL_SOCKET, SO_SNDBUF, HOST_SNDBUF, 4)
+    const endpoint = new SocketEndpoint(fd, { maxPendingBytes: limits.maxHostBacklog })
+    return { side: { endpoint }, release: () => endpoint.close() }
+  }
+  return {
+    description: hostPath,
+    connectSync,
+    connect: (client) =>
+      Effect.acquireRelease(
+        Effect.suspend(() => {
+          const r = connectSync(client)
+          return r instanceof HostConnectError ? Effect.fail(r) : Effect.succeed(r)
+        }),
+        (r) => Effect.sync(r.release)
+      ).pipe(Effect.map((r) => r.side))
+  }
+}
 
 /**
  * One `ConnectionHooks` from several. Where two sources hook the same message they run in
@@ -204,6 +230,88 @@ export const serve = (options: ServeOptions): Effect.Effect<Server, ServeError, 
     // exporter, say); the default runtime's tracer would drop them.
     const runSync = Runtime.runSync(yield* Effect.runtime<never>())
 
+    /**
+     * Wires one client to its host side: the Connection and both reactor watches. `onEnded`
+     * runs once, after the connection ended (sockets closed, watches gone, stats counted).
+     */
+    const wire = (
+      client: SocketEndpoint,
+      side: HostSide,
+      id: number,
+      onBatch: ConnectionOptions["onBatch"],
+      onEnded: (reason: ConnectionEndReason) => void
+    ): Connection => {
+      const host = side.endpoint
+      const clientHooks = side.hooks == null ? hooks : mergeHooks([side.hooks, ...(options.hooks ?? [])])
+      const watches: Watch[] = []
+      const conn: Connection = new Connection(client, host, {
+        hooks: clientHooks,
+        mappedIds: side.mappedIds === true,
+        id,
+        registry,
+        deniedGlobals: options.deniedGlobals ?? defaultDeniedGlobals,
+        limits,
+        trace,
+        onBatch,
+        onEnd: (reason) => {
+          // Stop watching before the fds are closed: a closed fd number is soon reused.
+          for (const w of watches) w.close()
+          watches.length = 0
+          live.delete(conn)
+          addStats(ended, conn.stats)
+          onEnded(reason)
+        }
+      })
+      side.attach?.(conn)
+      live.add(conn)
+
+      let clientEvents = EPOLLIN
+      let hostEvents = EPOLLIN
+      const setClient = (e: number): void => {
+        if (e !== clientEvents && !conn.isEnded) {
+          clientEvents = e
+          clientWatch.setEvents(e)
+        }
+      }
+      const setHost = (e: number): void => {
+        if (e !== hostEvents && !conn.isEnded) {
+          hostEvents = e
+          hostWatch.setEvents(e)
+        }
+      }
+      // After every batch: wait for writability where bytes are queued, and stop reading the
+      // client while the compositor is backlogged (the compositor is always read).
+      const sync = (): void => {
+        if (conn.isEnded) return
+        const paused = conn.hostBacklogged
+        conn.clientPaused = paused
+        setClient((paused ? 0 : EPOLLIN) | (client.pendingBytes > 0 ? EPOLLOUT : 0))
+        setHost(EPOLLIN | (host.pendingBytes > 0 ? EPOLLOUT : 0))
+      }
+      let clientWatch: Watch
+      let hostWatch: Watch
+      try {
+        clientWatch = reactor.watch(client.fd, clientEvents, (ev) => {
+          if (ev & EPOLLOUT) conn.onClientWritable()
+          if (conn.isEnded) return
+          if (ev & ~EPOLLOUT) conn.onClientReadable()
+          sync()
+        })
+        watches.push(clientWatch)
+        hostWatch = reactor.watch(host.fd, hostEvents, (ev) => {
+          if (ev & EPOLLOUT) conn.onHostWritable()
+          if (conn.isEnded) return
+          if (ev & ~EPOLLOUT) conn.onHostReadable()
+          sync()
+        })
+        watches.push(hostWatch)
+      } catch (e) {
+        conn.end({ _tag: "IoError", message: `cannot watch the connection's sockets: ${e instanceof Error ? e.message : String(e)}` })
+      }
+      return conn
+    }
+
+    /** The client's set-up and teardown in a scoped fiber with a span: used when spans are wanted or the connector needs Effect. */
     const handleClient = (fd: number, id: number): Effect.Effect<void, never, Scope.Scope> =>
       Effect.gen(function* () {
         const client = yield* Effect.acquireRelease(
@@ -218,10 +326,7 @@ export const serve = (options: ServeOptions): Effect.Effect<Server, ServeError, 
           yield* lingerUntilHangup(reactor, client, 1000)
           return
         }
-        const host = side.right.endpoint
-        const clientHooks = side.right.hooks == null ? hooks : mergeHooks([side.right.hooks, ...(options.hooks ?? [])])
         const done = yield* Deferred.make<ConnectionEndReason>()
-        const watches: Watch[] = []
         const span = yield* Effect.currentSpan.pipe(Effect.option)
         const onBatch =
           options.batchSpans === true
@@ -235,69 +340,8 @@ export const serve = (options: ServeOptions): Effect.Effect<Server, ServeError, 
                   )
                 )
             : null
-        const conn = new Connection(client, host, {
-          hooks: clientHooks,
-          mappedIds: side.right.mappedIds === true,
-          id,
-          registry,
-          deniedGlobals: options.deniedGlobals ?? defaultDeniedGlobals,
-          limits,
-          trace,
-          onBatch,
-          onEnd: (reason) => {
-            // Stop watching before the fds are closed: a closed fd number is soon reused.
-            for (const w of watches) w.close()
-            watches.length = 0
-            Deferred.unsafeDone(done, Exit.succeed(reason))
-          }
-        })
-        side.right.attach?.(conn)
-        live.add(conn)
-        yield* Effect.addFinalizer(() =>
-          Effect.sync(() => {
-            conn.end({ _tag: "Shutdown" })
-            live.delete(conn)
-            addStats(ended, conn.stats)
-          })
-        )
-
-        let clientEvents = EPOLLIN
-        let hostEvents = EPOLLIN
-        const clientWatch = reactor.watch(client.fd, clientEvents, (ev) => {
-          if (ev & EPOLLOUT) conn.onClientWritable()
-          if (conn.isEnded) return
-          if (ev & ~EPOLLOUT) conn.onClientReadable()
-          sync()
-        })
-        const hostWatch = reactor.watch(host.fd, hostEvents, (ev) => {
-          if (ev & EPOLLOUT) conn.onHostWritable()
-          if (conn.isEnded) return
-          if (ev & ~EPOLLOUT) conn.onHostReadable()
-          sync()
-        })
-        watches.push(clientWatch, hostWatch)
-        const setClient = (e: number): void => {
-          if (e !== clientEvents && !conn.isEnded) {
-            clientEvents = e
-            clientWatch.setEvents(e)
-          }
-        }
-        const setHost = (e: number): void => {
-          if (e !== hostEvents && !conn.isEnded) {
-            hostEvents = e
-            hostWatch.setEvents(e)
-          }
-        }
-        // After every batch: wait for writability where bytes are queued, and stop reading the
-        // client while the compositor is backlogged (the compositor is always read).
-        const sync = (): void => {
-          if (conn.isEnded) return
-          const paused = conn.hostBacklogged
-          conn.clientPaused = paused
-          setClient((paused ? 0 : EPOLLIN) | (client.pendingBytes > 0 ? EPOLLOUT : 0))
-          setHost(EPOLLIN | (host.pendingBytes > 0 ? EPOLLOUT : 0))
-        }
-
+        const conn = wire(client, side.right, id, onBatch, (reason) => Deferred.unsafeDone(done, Exit.succeed(reason)))
+        yield* Effect.addFinalizer(() => Effect.sync(() => conn.end({ _tag: "Shutdown" })))
         const reason = yield* Deferred.await(done)
         yield* logEnd(id, reason)
       }).pipe(
@@ -308,6 +352,44 @@ export const serve = (options: ServeOptions): Effect.Effect<Server, ServeError, 
         Effect.annotateLogs({ client: id }),
         Effect.catchAllDefect((d) => Effect.logError(`client ${id} failed`, d))
       )
+
+    /**
+     * The same in plain code, from the accept callback (no fiber, scope or span per client):
+     * the default when the connector can open the host side synchronously and no tracer wants
+     * spans. Only refusals and log lines go through Effect.
+     */
+    const handleClientPlain = (fd: number, id: number, connectSync: NonNullable<HostConnector["connectSync"]>): void => {
+      const client = new SocketEndpoint(fd, { maxPendingBytes: limits.maxClientBacklog })
+      let opened: OpenedHostSide | HostConnectError
+      try {
+        opened = connectSync({ id, limits })
+      } catch (e) {
+        opened = new HostConnectError({ message: "internal error while opening the host side", log: e instanceof Error ? (e.stack ?? e.message) : String(e) })
+      }
+      if (opened instanceof HostConnectError) {
+        refuse(client, displayError, `sommelier: ${opened.message}`)
+        run(
+          Effect.logWarning(`client ${id} refused: ${opened.log ?? opened.message}`).pipe(
+            Effect.zipRight(lingerUntilHangup(reactor, client, 1000)),
+            Effect.ensuring(Effect.sync(() => client.close())),
+            Effect.annotateLogs({ client: id })
+          )
+        )
+        return
+      }
+      const release = opened.release
+      wire(client, opened.side, id, null, (reason) => {
+        release()
+        runSync(logEnd(id, reason).pipe(Effect.annotateLogs({ client: id })))
+      })
+    }
+    const plainSetup = connector.connectSync !== undefined && options.batchSpans !== true ? connector.connectSync : null
+    // Scope close: end the clients set up in plain code (fibers end theirs in their finalizers).
+    yield* Effect.addFinalizer(() =>
+      Effect.sync(() => {
+        for (const c of [...live]) c.end({ _tag: "Shutdown" })
+      })
+    )
 
     // Out of fds, accept() fails with EMFILE and leaves the client queued, and the level-triggered
     // listen fd wakes us again at once: a busy loop, and the client hangs. One fd kept in reserve
@@ -382,7 +464,8 @@ export const serve = (options: ServeOptions): Effect.Effect<Server, ServeError, 
         // immediate: the client's setup (host connection, watches) runs synchronously here, up to
         // the fiber's first wait. Forked the usual way it would wait for the scheduler, and
         // microtasks queued inside a libuv callback only run at Node's next tick: milliseconds.
-        run(Effect.scoped(handleClient(fd, id)), { immediate: true })
+        if (plainSetup !== null) handleClientPlain(fd, id, plainSetup)
+        else run(Effect.scoped(handleClient(fd, id)), { immediate: true })
       }
     }
     const listenWatch = yield* Effect.acquireRelease(

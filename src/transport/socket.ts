@@ -471,18 +471,24 @@ export const socketPair = (): [number, number] => {
  */
 export const connectUnix = (path: string): Effect.Effect<number, SyscallError> =>
   Effect.suspend(() => {
-    const sa = sockaddrUn("connect", path)
-    if (sa instanceof SyscallError) return Effect.fail(sa)
-    const fd = newSocket()
-    if (fd < 0) return Effect.fail(syscallError("socket", -fd))
-    for (;;) {
-      const r = sys.connect(fd, sa.addr, sa.len)
-      if (r === 0) return Effect.succeed(fd)
-      if (r === -Errno.EINTR) continue
-      sys.close(fd)
-      return Effect.fail(syscallError("connect", -r, path))
-    }
+    const r = connectUnixSync(path)
+    return r instanceof SyscallError ? Effect.fail(r) : Effect.succeed(r)
   })
+
+/** `connectUnix` without Effect, for the per-client set-up path: the fd, or the error. */
+export const connectUnixSync = (path: string): number | SyscallError => {
+  const sa = sockaddrUn("connect", path)
+  if (sa instanceof SyscallError) return sa
+  const fd = newSocket()
+  if (fd < 0) return syscallError("socket", -fd)
+  for (;;) {
+    const r = sys.connect(fd, sa.addr, sa.len)
+    if (r === 0) return fd
+    if (r === -Errno.EINTR) continue
+    sys.close(fd)
+    return syscallError("connect", -r, path)
+  }
+}
 
 /**
  * Bind and listen on `path`; the socket file is made 0700 before listen() (nobody can connect
