@@ -52,6 +52,8 @@ const XDG_SHELL_XML = "/usr/share/wayland-protocols/stable/xdg-shell/xdg-shell.x
 interface Settings {
   readonly quick: boolean
   readonly pin: boolean
+  /** The CPU everything is pinned to (`--cpu N`, default 0). */
+  readonly cpu: string
   readonly rounds: number
   readonly only: ReadonlySet<TargetName> | null
   readonly profile: boolean
@@ -66,13 +68,14 @@ interface Settings {
 type TargetName = "direct" | "local" | "cross-domain" | "waypipe"
 const allTargets: readonly TargetName[] = ["direct", "local", "cross-domain", "waypipe"]
 
-const usage = `usage: npm run bench -- [--quick] [--no-pin] [--rounds N] [--only direct,local,cross-domain,waypipe]
+const usage = `usage: npm run bench -- [--quick] [--no-pin] [--cpu N] [--rounds N] [--only direct,local,cross-domain,waypipe]
                          [--skip modes,memory,scaling,codec,reactor] [--profile [MODE,…]] [--no-build]
                          [--update-readme] [--out DIR]`
 
 const parseArgs = (argv: readonly string[]): Settings => {
   let quick = false
   let pin = true
+  let cpu = "0"
   let rounds: number | null = null
   let only: Set<TargetName> | null = null
   let profile = false
@@ -90,6 +93,7 @@ const parseArgs = (argv: readonly string[]): Settings => {
     }
     if (a === "--quick") quick = true
     else if (a === "--no-pin") pin = false
+    else if (a === "--cpu") cpu = String(Number(value()))
     else if (a === "--rounds") rounds = Number(value())
     else if (a === "--only") only = new Set(value().split(",") as TargetName[])
     else if (a === "--skip") for (const s of value().split(",")) skip.add(s)
@@ -106,7 +110,7 @@ const parseArgs = (argv: readonly string[]): Settings => {
     } else throw new Error(`unknown option ${a}\n${usage}`)
   }
   if (only !== null) only.add("direct")
-  return { quick, pin, rounds: rounds ?? (quick ? 2 : 5), only, profile, profileModes, build, updateReadme, skip, out }
+  return { quick, pin, cpu, rounds: rounds ?? (quick ? 2 : 5), only, profile, profileModes, build, updateReadme, skip, out }
 }
 
 /** Sizes of every measurement; quick keeps the whole run under a minute. */
@@ -130,8 +134,9 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 /** Long-lived processes we started; stopped at exit whatever happens. */
 const started = new Set<ChildProcess>()
 
+let pinCpu = "0"
 const pinned = (pin: boolean, cmd: string, args: readonly string[]): [string, string[]] =>
-  pin ? ["taskset", ["-c", "0", cmd, ...args]] : [cmd, [...args]]
+  pin ? ["taskset", ["-c", pinCpu, cmd, ...args]] : [cmd, [...args]]
 
 /** Starts a long-lived process in its own process group, output to `log`. */
 const startDaemon = (settings: Settings, cmd: string, args: readonly string[], env: NodeJS.ProcessEnv, log: string): ChildProcess => {
@@ -818,7 +823,7 @@ const runReactor = async (settings: Settings): Promise<{ table: string; rows: un
   if (typeof run !== "function") return `not available yet (reactor.ts exports no runReactorBench; exports: ${Object.keys(mod).join(", ")})`
   try {
     // Quick: only the 0-fd row (each row starts its own node proxy, slow on a busy machine).
-    const options = { quick: settings.quick, pin: settings.pin, ...(settings.quick ? { fds: [0] } : {}) }
+    const options = { quick: settings.quick, pin: settings.pin, cpu: settings.cpu, ...(settings.quick ? { fds: [0] } : {}) }
     const rows: unknown = await (run as (o: typeof options) => unknown)(options)
     const table = typeof format === "function" ? String((format as (r: unknown) => string)(rows)) : "```\n" + JSON.stringify(rows, null, 2) + "\n```"
     return { table, rows }
@@ -949,10 +954,10 @@ const main = async (settings: Settings, weston: Weston): Promise<void> => {
   const date = new Date().toISOString().slice(0, 16).replace("T", " ") + " UTC"
   console.log(`sommelier bench (${settings.quick ? "quick" : "full"}), ${date}`)
   console.log(`machine: ${mach.nproc} vCPU, ${mach.cpu}, Linux ${mach.kernel}, Node ${mach.node}; load average ${loadAverage()}`)
-  console.log(`pinned to CPU 0: ${settings.pin ? "yes" : "no"}; ${settings.rounds} rounds`)
+  console.log(`pinned to CPU ${settings.cpu}: ${settings.pin ? "yes" : "no"}; ${settings.rounds} rounds`)
 
   if (settings.pin) {
-    for (const pid of processTree(weston.pid)) spawnSync("taskset", ["-a", "-p", "-c", "0", String(pid)], { stdio: "ignore" })
+    for (const pid of processTree(weston.pid)) spawnSync("taskset", ["-a", "-p", "-c", settings.cpu, String(pid)], { stdio: "ignore" })
   }
   const client = buildClient()
   ensureBuilt(settings)
@@ -1110,7 +1115,8 @@ const measure = async (
 }
 
 const settings = parseArgs(process.argv.slice(2))
-if (settings.pin) spawnSync("taskset", ["-a", "-p", "-c", "0", String(process.pid)], { stdio: "ignore" })
+pinCpu = settings.cpu
+if (settings.pin) spawnSync("taskset", ["-a", "-p", "-c", settings.cpu, String(process.pid)], { stdio: "ignore" })
 for (const sig of ["SIGINT", "SIGTERM"] as const) {
   process.once(sig, () => {
     void stopAll().then(() => process.exit(130))
