@@ -59,6 +59,7 @@ const raw = {
   mmap: fn("intptr_t mmap(intptr_t addr, size_t length, int prot, int flags, int fd, int64_t offset)"),
   munmap: fn("int munmap(intptr_t addr, size_t length)"),
   ftruncate: fn("int ftruncate(int fd, int64_t length)"),
+  fstat: fn("int fstat(int fd, void *statbuf)"),
   lseek: fn("int64_t lseek(int fd, int64_t offset, int whence)"),
   pipe2: fn("int pipe2(void *fds, int flags)"),
   getpid: fn("int getpid(void)"),
@@ -67,6 +68,9 @@ const raw = {
   getrlimit: fn("int getrlimit(int resource, void *rlim)"),
   setrlimit: fn("int setrlimit(int resource, const void *rlim)")
 }
+
+/** A buffer this size holds struct stat on x86-64 (144 B) and aarch64 (128 B). */
+export const STAT_SIZE = 144
 
 /** errno of the last koffi call on this thread; read it right after the failing call. */
 export const lastErrno = (): number => koffi.errno()
@@ -97,6 +101,8 @@ export const sys = {
   read: (fd: number, buf: Ptr, count: number): number => ret(raw.read(fd, buf, count)),
   write: (fd: number, buf: Ptr, count: number): number => ret(raw.write(fd, buf, count)),
   close: (fd: number): number => ret(raw.close(fd)),
+  /** statbuf: STAT_SIZE bytes; st_dev (u64) at 0 and st_ino (u64) at 8 on both architectures. */
+  fstat: (fd: number, statbuf: Ptr): number => ret(raw.fstat(fd, statbuf)),
   shutdown: (fd: number, how: number): number => ret(raw.shutdown(fd, how)),
   fcntl: (fd: number, cmd: number, arg = 0): number => ret(raw.fcntl(fd, cmd, arg)),
   flock: (fd: number, op: number): number => ret(raw.flock(fd, op)),

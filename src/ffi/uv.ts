@@ -20,6 +20,9 @@ const self = koffi.load(null)
 const UV_POLL = 8
 export const UV_READABLE = 1
 export const UV_WRITABLE = 2
+export const UV_DISCONNECT = 4
+/** libuv's status when an fd reports POLLERR (it stops the handle first). */
+export const UV_EBADF = -9
 
 const uv = {
   default_loop: self.func("intptr_t uv_default_loop(void)") as unknown as () => number,
@@ -59,7 +62,8 @@ const CloseCb = koffi.pointer(koffi.proto("void sommelier_uv_close_cb(intptr_t h
 
 interface Closing {
   readonly memory: Uint8Array
-  readonly callback: bigint
+  /** Runs after libuv's close callback (unregisters what the handle's callback needs). */
+  readonly done: () => void
 }
 
 /** Handles between uv_close and their close callback, keyed by address: keeps memory alive. */
@@ -71,10 +75,17 @@ const onClosed = (address: number): void => {
     const entry = closing.get(address)
     if (entry === undefined) return
     closing.delete(address)
-    koffi.unregister(entry.callback)
+    entry.done()
   } catch (error) {
     process.stderr.write(`sommelier: uv close callback failed: ${String(error)}\n`)
   }
+}
+
+/** uv_close(memory) with our close callback; `done` runs once libuv has let go of the memory. */
+const closeHandle = (memory: Uint8Array, address: number, done: () => void): void => {
+  closeCallback ??= koffi.register(onClosed, CloseCb)
+  closing.set(address, { memory, done })
+  uv.close(memory, closeCallback)
 }
 
 const defaultOnException = (error: unknown): void => {
@@ -152,9 +163,108 @@ export class PollHandle {
   }
 
   #close(): void {
-    closeCallback ??= koffi.register(onClosed, CloseCb)
-    closing.set(this.#address, { memory: this.#memory, callback: this.#callback })
-    uv.close(this.#memory, closeCallback)
+    const callback = this.#callback
+    closeHandle(this.#memory, this.#address, () => koffi.unregister(callback))
+  }
+}
+
+/**
+ * Many uv_poll_t handles, one per fd, sharing one registered callback that dispatches by the
+ * handle's address: libuv's own epoll reports each fd, so a wake-up costs no second
+ * `epoll_wait` (the reactor's hot path), and a handle costs no koffi trampoline of its own.
+ * The shared callback is unregistered once the group is disposed and every handle's close
+ * callback has run.
+ */
+export class PollGroup {
+  readonly #handlers = new Map<number, (status: number, events: number) => void>()
+  readonly #onException: (error: unknown) => void
+  #callback: bigint | null
+  /** Handles opened and not yet through their close callback. */
+  #handles = 0
+  #disposed = false
+
+  constructor(onException = defaultOnException) {
+    this.#onException = onException
+    this.#callback = koffi.register((handle: number, status: number, events: number) => {
+      const handler = this.#handlers.get(handle)
+      if (handler === undefined) return
+      try {
+        handler(status, events)
+      } catch (error) {
+        try {
+          this.#onException(error)
+        } catch (again) {
+          defaultOnException(again)
+        }
+      }
+    }, PollCb)
+  }
+
+  /** A handle watching `fd`, not started. Throws UvError (UV_EEXIST: libuv already watches this fd number). */
+  open(fd: number, onPoll: (status: number, events: number) => void): GroupPoll {
+    if (this.#disposed || this.#callback === null) throw new UvError("uv_poll_init", UV_EBADF)
+    const memory = new Uint8Array(new ArrayBuffer(uv.handle_size(UV_POLL)))
+    const address = Number(koffi.address(memory))
+    const init = uv.poll_init(currentLoop(), memory, fd)
+    if (init !== 0) throw new UvError("uv_poll_init", init)
+    this.#handles++
+    this.#handlers.set(address, onPoll)
+    return new GroupPoll(memory, this.#callback, () => {
+      this.#handlers.delete(address)
+      closeHandle(memory, address, () => {
+        this.#handles--
+        this.#release()
+      })
+    })
+  }
+
+  /** No more handles; the callback goes once the open ones are closed. Idempotent. */
+  dispose(): void {
+    this.#disposed = true
+    this.#release()
+  }
+
+  #release(): void {
+    if (this.#disposed && this.#handles === 0 && this.#callback !== null) {
+      koffi.unregister(this.#callback)
+      this.#callback = null
+    }
+  }
+}
+
+/** One fd's handle in a `PollGroup`. */
+export class GroupPoll {
+  readonly #memory: Uint8Array
+  readonly #callback: bigint
+  readonly #close: () => void
+  #closed = false
+
+  constructor(memory: Uint8Array, callback: bigint, close: () => void) {
+    this.#memory = memory
+    this.#callback = callback
+    this.#close = close
+  }
+
+  /** uv_poll_start with UV_READABLE/UV_WRITABLE bits (0 stops). Returns the libuv status. */
+  start(events: number): number {
+    if (this.#closed) return UV_EBADF
+    return events === 0 ? uv.poll_stop(this.#memory) : uv.poll_start(this.#memory, events, this.#callback)
+  }
+
+  ref(): void {
+    if (!this.#closed) uv.ref(this.#memory)
+  }
+
+  unref(): void {
+    if (!this.#closed) uv.unref(this.#memory)
+  }
+
+  /** uv_poll_stop + uv_close; safe inside the callback. The memory lives until the close callback. */
+  close(): void {
+    if (this.#closed) return
+    this.#closed = true
+    uv.poll_stop(this.#memory)
+    this.#close()
   }
 }
 
