@@ -37,6 +37,10 @@ const raw = {
   connect: fn("int connect(int fd, const void *addr, uint32_t len)"),
   sendmsg: fn("intptr_t sendmsg(int fd, const void *msg, int flags)"),
   recvmsg: fn("intptr_t recvmsg(int fd, void *msg, int flags)"),
+  // The same calls taking the msghdr's address as a number: koffi then skips looking up a
+  // typed array's backing store on every call (measured 0.2–0.5 µs per send+recv pair).
+  sendmsgAt: fn("intptr_t sendmsg(int fd, intptr_t msg, int flags)"),
+  recvmsgAt: fn("intptr_t recvmsg(int fd, intptr_t msg, int flags)"),
   sendto: fn("intptr_t sendto(int fd, const void *buf, size_t len, int flags, const void *addr, uint32_t addrlen)"),
   getsockname: fn("int getsockname(int fd, void *addr, void *len)"),
   setsockopt: fn("int setsockopt(int fd, int level, int name, const void *value, uint32_t len)"),
@@ -90,6 +94,9 @@ export const sys = {
   connect: (fd: number, addr: Ptr, len: number): number => ret(raw.connect(fd, addr, len)),
   sendmsg: (fd: number, msg: Ptr, flags: number): number => ret(raw.sendmsg(fd, msg, flags)),
   recvmsg: (fd: number, msg: Ptr, flags: number): number => ret(raw.recvmsg(fd, msg, flags)),
+  /** `msg`: the address of a msghdr in memory the caller keeps alive and unmoved (off-heap ArrayBuffer). */
+  sendmsgAt: (fd: number, msg: number, flags: number): number => ret(raw.sendmsgAt(fd, msg, flags)),
+  recvmsgAt: (fd: number, msg: number, flags: number): number => ret(raw.recvmsgAt(fd, msg, flags)),
   sendto: (fd: number, buf: Ptr, len: number, flags: number, addr: Ptr, addrlen: number): number =>
     ret(raw.sendto(fd, buf, len, flags, addr, addrlen)),
   /** len: Uint32Array(1), in: the size of addr, out: the address's length. */

@@ -373,7 +373,7 @@ export class Connection {
     }
     ep.consume(off - ep.inStart)
     if (outLen > 0 || this.outFds.length > fdsBefore) {
-      const fds = this.outFds.splice(0)
+      const fds = this.outFds.length === 0 ? NO_FD_LIST : this.outFds.splice(0)
       const nfds = fds.length
       let res: "sent" | "queued" | "overflow"
       try {
@@ -652,7 +652,7 @@ export class Connection {
     }
     ep.consume(off - ep.inStart)
     if (outLen > 0 || this.outFds.length > 0) {
-      const fds = this.outFds.splice(0)
+      const fds = this.outFds.length === 0 ? NO_FD_LIST : this.outFds.splice(0)
       const nfds = fds.length
       let res: "sent" | "queued" | "overflow"
       try {
@@ -952,6 +952,8 @@ export class Connection {
 }
 
 const NO_FDS = { length: 0, shift: (): number | undefined => undefined }
+/** Most batches carry no fds: no array allocated for them. */
+const NO_FD_LIST: readonly number[] = []
 
 /** Buffers read from the compositor per wake-up at most (fairness toward other clients). */
 const MAX_HOST_READS = 64

@@ -123,8 +123,9 @@ export class SocketEndpoint {
   readonly #hdr = new ArrayBuffer(2 * BLOCK)
   readonly #words = new Uint32Array(this.#hdr)
   readonly #ints = new Int32Array(this.#hdr)
-  readonly #recvMsg = new Uint32Array(this.#hdr, 0, 14)
-  readonly #sendMsg = new Uint32Array(this.#hdr, BLOCK, 14)
+  // Both msghdrs live in #hdr (off-heap, never moved); the syscalls take their addresses.
+  readonly #recvMsgAddr: number
+  readonly #sendMsgAddr: number
   #inAddr: number
 
   // Output queue: bytes out[outStart, outEnd); stream position of out[outStart] is outPos.
@@ -150,6 +151,8 @@ export class SocketEndpoint {
     this.inBuf = new Uint8Array(new ArrayBuffer(Math.max(16, options?.inputCapacity ?? 4096)))
     this.#inAddr = addressOf(this.inBuf)
     const base = addressOf(this.#words)
+    this.#recvMsgAddr = base
+    this.#sendMsgAddr = base + BLOCK
     for (const block of [0, BLOCK]) {
       const w = (block >>> 2) as number
       // msg_iov, msg_iovlen = 1, msg_control; name stays NULL.
@@ -195,7 +198,7 @@ export class SocketEndpoint {
       w[10] = CONTROL_SIZE // msg_controllen
       w[11] = 0
       w[12] = 0 // msg_flags
-      const n = sys.recvmsg(this.fd, this.#recvMsg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT)
+      const n = sys.recvmsgAt(this.fd, this.#recvMsgAddr, MSG_CMSG_CLOEXEC | MSG_DONTWAIT)
       if (n > 0) {
         this.inEnd += n
         got = true
@@ -358,7 +361,7 @@ export class SocketEndpoint {
       w[b + 10] = 0
     }
     w[b + 11] = 0
-    return sys.sendmsg(this.fd, this.#sendMsg, MSG_DONTWAIT | MSG_NOSIGNAL)
+    return sys.sendmsgAt(this.fd, this.#sendMsgAddr, MSG_DONTWAIT | MSG_NOSIGNAL)
   }
 
   /** Queue a copy of data[from, from+length); fds batches from `fdStart` ride on bytes 0, 1, 2… of it. */
