@@ -1,7 +1,9 @@
 /**
  * The listening socket and the per-client lifecycle: accept a guest client, open its own host
- * connection, wire both sockets to the reactor, and keep each client in a scoped fiber of a
- * `FiberSet` so that a failure in one client is logged and contained and the listener goes on.
+ * connection, wire both sockets to the reactor. A failure in one client is logged and contained
+ * and the listener goes on. Clients are set up in plain code from the accept callback when the
+ * connector allows it and no spans are wanted; otherwise each runs in a scoped fiber of a
+ * `FiberSet` with a connection span.
  *
  * It knows paths, locks and lifetimes; it does not parse messages (connection.ts does) and does
  * not know how the CLI found its options.
