@@ -33,7 +33,7 @@ const newest = (dir: string): number => {
 }
 
 /**
- * Builds dist/ (`tsc -p tsconfig.build.json`) unless it is newer than every file in src/ (as
+ * Builds dist/ (`tsc -p tsconfig.build.json`, then the bundle) unless it is newer than every file in src/ (as
  * after scripts/setup.sh), serialized with flock(1) because several test files may build at
  * once. Type errors elsewhere in the tree do not stop the emit; only a missing
  * dist/cli/main.js fails.
@@ -53,7 +53,8 @@ export const ensureBuilt = (): Effect.Effect<void, Error> =>
           new Promise<Error | null>((done) =>
             execFile(
               "flock",
-              [join(cache, "sommelier-desktop-build.lock"), join(repoRoot, "node_modules/.bin/tsc"), "-p", "tsconfig.build.json"],
+              // tsc, then the one-file bundle bin/sommelier prefers (scripts/bundle.mjs), as `npm run build`.
+              [join(cache, "sommelier-desktop-build.lock"), "sh", "-c", "node_modules/.bin/tsc -p tsconfig.build.json; node scripts/bundle.mjs"],
               { cwd: repoRoot },
               (e) => done(e)
             )
