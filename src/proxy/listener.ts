@@ -290,22 +290,18 @@ export const serve = (options: ServeOptions): Effect.Effect<Server, ServeError, 
         setClient((paused ? 0 : EPOLLIN) | (client.pendingBytes > 0 ? EPOLLOUT : 0))
         setHost(EPOLLIN | (host.pendingBytes > 0 ? EPOLLOUT : 0))
       }
+      const onReady = (writable: () => void, readable: () => void) => (ev: number): void => {
+        if (ev & EPOLLOUT) writable()
+        if (conn.isEnded) return
+        if (ev & ~EPOLLOUT) readable()
+        sync()
+      }
       let clientWatch: Watch
       let hostWatch: Watch
       try {
-        clientWatch = reactor.watch(client.fd, clientEvents, (ev) => {
-          if (ev & EPOLLOUT) conn.onClientWritable()
-          if (conn.isEnded) return
-          if (ev & ~EPOLLOUT) conn.onClientReadable()
-          sync()
-        })
+        clientWatch = reactor.watch(client.fd, clientEvents, onReady(() => conn.onClientWritable(), () => conn.onClientReadable()))
         watches.push(clientWatch)
-        hostWatch = reactor.watch(host.fd, hostEvents, (ev) => {
-          if (ev & EPOLLOUT) conn.onHostWritable()
-          if (conn.isEnded) return
-          if (ev & ~EPOLLOUT) conn.onHostReadable()
-          sync()
-        })
+        hostWatch = reactor.watch(host.fd, hostEvents, onReady(() => conn.onHostWritable(), () => conn.onHostReadable()))
         watches.push(hostWatch)
       } catch (e) {
         conn.end({ _tag: "IoError", message: `cannot watch the connection's sockets: ${e instanceof Error ? e.message : String(e)}` })
