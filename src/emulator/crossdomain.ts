@@ -83,12 +83,20 @@ export interface CrossDomainHost {
 interface Watched {
   readonly fd: number
   watch: Watch | null
+  /** The events `watch` listens for (0: silent or none). */
+  events: number
+}
+
+interface ReadPipeItem extends Watched {
+  readonly kind: "readPipe"
+  readonly id: number
+  readonly onReady: (events: number) => void
 }
 
 type Item =
   | { readonly kind: "requirements"; readonly reqs: ImageRequirements }
   | { readonly kind: "blob"; readonly fd: number }
-  | ({ readonly kind: "readPipe" } & Watched)
+  | ReadPipeItem
   | WritePipe
   | { readonly kind: "event"; readonly fd: number }
   | { readonly kind: "socket"; readonly fd: number }
@@ -120,6 +128,8 @@ export class CrossDomainContext<F extends Fence = Fence> {
   readonly #resources = new Map<number, AttachedResource>()
   readonly #items = new Map<number, Item>()
   readonly #draining = new Set<WritePipe>()
+  /** The read-pipe items (also in `#items`): the sources the worker watches besides the socket. */
+  readonly #readPipes = new Set<ReadPipeItem>()
   #descriptorId = 1
   #readPipeId = PIPE_READ_START
   #pathsTaken = false
@@ -257,17 +267,21 @@ export class CrossDomainContext<F extends Fence = Fence> {
     const connected = Effect.runSync(Effect.either(connectUnix(path)))
     if (connected._tag === "Left") throw new CommandError(`INIT: ${connected.left.message}`)
     const fd = connected.right
-    this.#channel = { fd, watch: null, endpoint: new SocketEndpoint(fd, { inputCapacity: 16 }), writeBroken: false }
+    this.#channel = { fd, watch: null, events: 0, endpoint: new SocketEndpoint(fd, { inputCapacity: 16 }), writeBroken: false }
     this.#state = { queryRingId, channelRingId }
   }
 
-  #addItem(item: Item): number {
-    if (item.kind === "readPipe") {
-      this.#readPipeId = (this.#readPipeId + 1) >>> 0
-      const id = Math.max(this.#readPipeId, PIPE_READ_START)
-      this.#items.set(id, item)
-      return id
-    }
+  /** A read pipe's read end as an item with the next read-pipe id. */
+  #addReadPipe(fd: number): number {
+    this.#readPipeId = (this.#readPipeId + 1) >>> 0
+    const id = Math.max(this.#readPipeId, PIPE_READ_START)
+    const item: ReadPipeItem = { kind: "readPipe", id, fd, watch: null, events: 0, onReady: (ev) => this.#onReadPipe(id, ev) }
+    this.#items.set(id, item)
+    this.#readPipes.add(item)
+    return id
+  }
+
+  #addItem(item: Exclude<Item, ReadPipeItem>): number {
     this.#descriptorId = (this.#descriptorId + 1) >>> 0
     this.#items.set(this.#descriptorId, item)
     return this.#descriptorId
@@ -333,7 +347,7 @@ export class CrossDomainContext<F extends Fence = Fence> {
           fds.push(p[1]!) // the compositor gets the write end; ours is closed once sent
           // Only our read end is non-blocking: the write end's file belongs to the writer.
           sys.fcntl(readFd, F_SETFL, sys.fcntl(readFd, F_GETFL) | O_NONBLOCK)
-          const hostId = this.#addItem({ kind: "readPipe", fd: readFd, watch: null })
+          const hostId = this.#addReadPipe(readFd)
           // The guest guessed the id; a wrong guess is an error (the counter has moved anyway).
           if (hostId !== id) {
             this.#closeItem(this.#items.get(hostId)!)
@@ -472,30 +486,39 @@ export class CrossDomainContext<F extends Fence = Fence> {
     return this.#pending.length > 0 && !this.#halted && !this.#destroyed
   }
 
-  /** Recompute what is watched: sources only while a ring-1 fence waits; EPOLLOUT while output is queued. */
-  #update(): void {
+  /**
+   * Recompute what is watched: sources while a ring-1 fence waits; EPOLLOUT while output is
+   * queued. With no fence pending, a source's EPOLLIN is left on until it fires (`lazy`): the next
+   * POLL usually comes before the compositor says anything, so a round trip changes no watch;
+   * a source that does fire unarmed is silenced then (level-triggered: it would spin).
+   */
+  #update(lazy = true): void {
     if (this.#destroyed) return
     const armed = this.#armed
     const ch = this.#channel
     if (ch !== null) {
-      const out = !ch.writeBroken && ch.endpoint.pendingBytes > 0
-      this.#setWatch(ch, (armed ? EPOLLIN : 0) | (out ? EPOLLOUT : 0), (ev) => this.#onChannel(ev))
+      const out = !ch.writeBroken && ch.endpoint.pendingBytes > 0 ? EPOLLOUT : 0
+      const keepIn = lazy && ch.watch !== null ? ch.events & EPOLLIN : 0
+      this.#setWatch(ch, (armed ? EPOLLIN : keepIn) | out, this.#onChannelReady)
     }
-    for (const [id, item] of this.#items) {
-      if (item.kind === "readPipe") this.#setWatch(item, armed ? EPOLLIN : 0, (ev) => this.#onReadPipe(id, ev))
+    for (const item of this.#readPipes) {
+      if (armed) this.#setWatch(item, EPOLLIN, item.onReady)
+      else if (!lazy) this.#setWatch(item, 0, item.onReady)
     }
   }
 
+  /** A silent watch (events 0) is kept, not closed: reopening costs an fstat and a uv handle per round trip. */
   #setWatch(w: Watched, events: number, onReady: (events: number) => void): void {
-    if (events === 0) {
-      w.watch?.close()
-      w.watch = null
-    } else if (w.watch === null) {
-      w.watch = this.#host.reactor.watch(w.fd, events, onReady)
+    if (w.events === events) return
+    w.events = events
+    if (w.watch === null) {
+      if (events !== 0) w.watch = this.#host.reactor.watch(w.fd, events, onReady)
     } else {
       w.watch.setEvents(events)
     }
   }
+
+  readonly #onChannelReady = (events: number): void => this.#onChannel(events)
 
   #onChannel(events: number): void {
     const ch = this.#channel
@@ -508,8 +531,10 @@ export class CrossDomainContext<F extends Fence = Fence> {
         this.#log(`sending to the compositor: ${e instanceof Error ? e.message : String(e)}`)
       }
     }
-    if ((events & (EPOLLIN | EPOLLERR | EPOLLHUP)) !== 0 && this.#armed) this.#receive(ch.fd)
-    this.#update()
+    const readable = (events & (EPOLLIN | EPOLLERR | EPOLLHUP)) !== 0
+    if (readable && this.#armed) this.#receive(ch.fd)
+    // Readable with no fence to answer: stop listening until the next POLL.
+    this.#update(!(readable && !this.#armed))
   }
 
   #halt(reason: string): void {
@@ -524,33 +549,36 @@ export class CrossDomainContext<F extends Fence = Fence> {
     const n = io.recv(fd, MSG_DONTWAIT | MSG_CMSG_CLOEXEC, MAX_SEND_RECEIVE_DATA)
     if (n === -Errno.EAGAIN) return
     if (n < 0) return this.#halt(`recvmsg: ${errnoText(-n)}`)
-    const fds = io.fds.splice(0)
     if (io.truncated) {
-      fds.forEach((f) => sys.close(f))
+      io.closeFds()
       return this.#halt("recvmsg: control data truncated (fds lost)")
     }
     const ids: Array<[number, number, number]> = []
-    for (let i = 0; i < fds.length; i++) {
-      const converted = this.#convert(fds[i]!)
-      if (typeof converted === "string") {
-        for (let k = i; k < fds.length; k++) sys.close(fds[k]!)
-        return this.#halt(converted)
+    if (io.fds.length > 0) {
+      const fds = io.fds.splice(0)
+      for (let i = 0; i < fds.length; i++) {
+        const converted = this.#convert(fds[i]!)
+        if (typeof converted === "string") {
+          for (let k = i; k < fds.length; k++) sys.close(fds[k]!)
+          return this.#halt(converted)
+        }
+        ids.push(converted)
       }
-      ids.push(converted)
     }
     const ring = this.#resources.get(this.#state!.channelRingId)?.guestView ?? null
     if (ring === null) return this.#halt(`channel ring ${this.#state!.channelRingId} is not attached`)
     if (ring.length < SEND_RECEIVE_HEADER + n) return this.#halt("channel ring too small")
     ring.fill(0, 0, SEND_RECEIVE_HEADER)
-    const v = new DataView(ring.buffer, ring.byteOffset, SEND_RECEIVE_HEADER)
+    const v = this.#ringView(ring)
     v.setUint8(0, CMD_RECEIVE)
     v.setUint32(8, ids.length, true)
     v.setUint32(12, n, true)
-    ids.forEach(([id, type, size], i) => {
+    for (let i = 0; i < ids.length; i++) {
+      const [id, type, size] = ids[i]!
       v.setUint32(16 + 4 * i, id, true)
       v.setUint32(128 + 4 * i, type, true)
       v.setUint32(240 + 4 * i, size, true)
-    })
+    }
     ring.set(io.inBuf.subarray(0, n), SEND_RECEIVE_HEADER)
     // rutabaga 2026: EOF (nothing read, no fds) still answers with an empty RECEIVE.
     if (n === 0 && ids.length === 0 && !this.#eof) {
@@ -558,6 +586,18 @@ export class CrossDomainContext<F extends Fence = Fence> {
       this.#log("compositor closed the connection; answering POLLs with empty RECEIVEs")
     }
     this.#signal(this.#pending.shift()!)
+  }
+
+  #ringViewOf: Uint8Array | null = null
+  #ringViewCached: DataView | null = null
+
+  /** A DataView of the channel ring (kept: one per message would be garbage on every round trip). */
+  #ringView(ring: Uint8Array): DataView {
+    if (this.#ringViewOf !== ring || this.#ringViewCached === null) {
+      this.#ringViewOf = ring
+      this.#ringViewCached = new DataView(ring.buffer, ring.byteOffset, ring.byteLength)
+    }
+    return this.#ringViewCached
   }
 
   /** Host fd → [identifier, type, size] (spec §4.7 order), or an error text. Takes the fd. */
@@ -596,16 +636,17 @@ export class CrossDomainContext<F extends Fence = Fence> {
 
   /** A read pipe is ready: one READ (data, or hang_up at EOF) → signal the oldest pending fence. */
   #onReadPipe(id: number, _events: number): void {
-    if (!this.#armed) return
     const item = this.#items.get(id)
     if (item === undefined || item.kind !== "readPipe") return
+    // Ready with no fence to answer: silent until the next POLL (level-triggered).
+    if (!this.#armed) return this.#setWatch(item, 0, item.onReady)
     const ring = this.#resources.get(this.#state!.channelRingId)?.guestView ?? null
     if (ring === null) return this.#halt(`channel ring ${this.#state!.channelRingId} is not attached`)
     if (ring.length <= READ_WRITE_HEADER) return this.#halt("channel ring too small")
     const n = sys.read(item.fd, ring.subarray(READ_WRITE_HEADER), ring.length - READ_WRITE_HEADER)
     if (n === -Errno.EAGAIN) return
     if (n < 0) return this.#halt(`read pipe ${id}: ${errnoText(-n)}`)
-    const v = new DataView(ring.buffer, ring.byteOffset, READ_WRITE_HEADER)
+    const v = this.#ringView(ring)
     for (let k = 0; k < READ_WRITE_HEADER; k += 4) v.setUint32(k, 0, true)
     v.setUint8(0, CMD_READ)
     v.setUint32(8, id, true)
@@ -625,6 +666,7 @@ export class CrossDomainContext<F extends Fence = Fence> {
       item.watch?.close()
       item.watch = null
     }
+    if (item.kind === "readPipe") this.#readPipes.delete(item)
     const fd = itemFd(item)
     if (fd >= 0) sys.close(fd)
     if (item.kind === "writePipe") item.fd = -1

@@ -105,6 +105,8 @@ export class GpuFile {
 }
 
 const one = new BigUint64Array([1n])
+/** Shared by submissions that list no BO (never written to). */
+const noResources: Resource[] = []
 
 export class Gpu {
   readonly #o: GpuOptions
@@ -375,7 +377,7 @@ export class Gpu {
     if ((flags & (EXECBUF_FENCE_FD_IN | EXECBUF_FENCE_FD_OUT)) !== 0) return -Errno.EINVAL
     const withRing = (flags & EXECBUF_RING_IDX) !== 0
     if (withRing && (f.context === null || ringIdx >= f.context.numRings)) return -Errno.EINVAL
-    const resources: Resource[] = []
+    const resources: Resource[] = boHandles.length === 0 ? noResources : []
     for (const h of boHandles) {
       const r = f.handles.get(h)
       if (r === undefined) return -Errno.ENOENT

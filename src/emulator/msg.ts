@@ -26,6 +26,7 @@ import {
 
 export const SOCK_SEQPACKET = 5
 export const SO_RCVTIMEO = 20
+export const SO_SNDTIMEO = 21
 export const MSG_TRUNC = 0x20
 
 /** Most fds one message carries (libwayland's and cross-domain's limit). */
@@ -171,13 +172,18 @@ export const connectSeqpacket = (path: string, nonBlocking = false): number => {
   }
 }
 
-/** SO_RCVTIMEO on a blocking socket: recv fails with EAGAIN after `ms`. */
-export const setReceiveTimeout = (fd: number, ms: number): number => {
+const setTimeout_ = (fd: number, name: number, ms: number): number => {
   const tv = new BigInt64Array(2)
   tv[0] = BigInt(Math.floor(ms / 1000))
   tv[1] = BigInt((ms % 1000) * 1000)
-  return sys.setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, tv, 16)
+  return sys.setsockopt(fd, SOL_SOCKET, name, tv, 16)
 }
+
+/** SO_RCVTIMEO on a blocking socket: recv fails with EAGAIN after `ms`. */
+export const setReceiveTimeout = (fd: number, ms: number): number => setTimeout_(fd, SO_RCVTIMEO, ms)
+
+/** SO_SNDTIMEO on a blocking socket: send fails with EAGAIN after `ms` without room. */
+export const setSendTimeout = (fd: number, ms: number): number => setTimeout_(fd, SO_SNDTIMEO, ms)
 
 /**
  * A non-blocking listening SEQPACKET socket at `path` (0700). A stale socket file nobody answers

@@ -2,9 +2,16 @@
  * The wire protocol between the guest-side emulated backend (src/virtgpu/emulated.ts) and the
  * `sommelier emulate-host` process: one Unix SOCK_SEQPACKET connection per opened device file
  * (= one DRM file = one context), one datagram per request and one per reply, synchronous like an
- * ioctl. Fence events do not use the socket: OPEN's reply carries an eventfd that the emulator
- * increments once per `drm_event{FENCE_SIGNALED, 8}` it would queue, so the guest polls it the way
- * it polls a DRM fd.
+ * ioctl — except EXECBUFFER, which is one-way (a VMM processes the virtqueue asynchronously too):
+ * the guest does not wait, and requests are still handled in the order they were sent. Fence
+ * events do not use the socket: OPEN's reply carries an eventfd that the emulator increments once
+ * per `drm_event{FENCE_SIGNALED, 8}` it would queue, so the guest polls it the way it polls a DRM fd.
+ *
+ * An EXECBUFFER the emulator refuses (what the guest kernel would have refused in the ioctl, and
+ * the guest side did not catch) fails the device file for good: the emulator logs it, drops every
+ * later EXECBUFFER of that file, sends an EXECBUFFER_FAILED notice (a reply-shaped datagram with op
+ * EXECBUFFER, which never gets a normal reply) and adds `EVENT_ERROR_MARK` to the eventfd, so the
+ * guest learns of it on its next wake-up (the counter is ≥ the mark) or its next request.
  *
  * Request: op u32 @0, reserved u32 @4, arguments @8 (little-endian, per op below).
  * Reply:   status i32 @0 (0 or -errno), op u32 @4, results @8; fds as SCM_RIGHTS.
@@ -18,7 +25,7 @@
  * | CONTEXT_INIT 5 | count u32, pad, {param u64, value u64}[count] | – | |
  * | CREATE_BLOB 6 | mem, flags u32, size u64, blob_id u64 | handle, res_id u32 | |
  * | MAP 7 | handle u32 | size u64 | reply: the blob's memfd |
- * | EXECBUFFER 8 | flags, ring_idx, num_bo, size u32, bo u32[num_bo], command | – | |
+ * | EXECBUFFER 8 | flags, ring_idx, num_bo, size u32, bo u32[num_bo], command | none; on failure a notice: status -errno, seq, flags, ring_idx u32 | |
  * | WAIT 9 | handle, flags u32 | – (deferred until idle, EBUSY after 15 s) | |
  * | RESOURCE_INFO 10 | handle u32 | res_id, size, blob_mem u32 | |
  * | PRIME_HANDLE_TO_FD 11 | handle, flags u32 | – | reply: the blob's memfd |
@@ -26,9 +33,10 @@
  * | GEM_CLOSE 13 | handle u32 | – | |
  * | DEBUG_READ 0x100 | res_id, offset, length u32 | the host's view of those bytes | |
  * | DEBUG_STATE 0x101 | – | JSON (UTF-8) of the emulator's state | |
+ * | DEBUG_FAIL_SUBMISSION 0x102 | errno u32 | – (this file's next EXECBUFFER is refused with it) | |
  */
 
-export const PROTOCOL_VERSION = 1
+export const PROTOCOL_VERSION = 2
 
 export const Op = {
   OPEN: 1,
@@ -45,7 +53,8 @@ export const Op = {
   PRIME_FD_TO_HANDLE: 12,
   GEM_CLOSE: 13,
   DEBUG_READ: 0x100,
-  DEBUG_STATE: 0x101
+  DEBUG_STATE: 0x101,
+  DEBUG_FAIL_SUBMISSION: 0x102
 } as const
 
 export type OpCode = (typeof Op)[keyof typeof Op]
@@ -66,7 +75,8 @@ export const opName: Record<number, string> = {
   [Op.PRIME_FD_TO_HANDLE]: "PRIME_FD_TO_HANDLE",
   [Op.GEM_CLOSE]: "GEM_CLOSE",
   [Op.DEBUG_READ]: "DEBUG_READ",
-  [Op.DEBUG_STATE]: "DEBUG_STATE"
+  [Op.DEBUG_STATE]: "DEBUG_STATE",
+  [Op.DEBUG_FAIL_SUBMISSION]: "DEBUG_FAIL_SUBMISSION"
 }
 
 export const HEADER_SIZE = 8
@@ -75,3 +85,8 @@ export const MAX_REQUEST = 128 * 1024
 /** Largest reply (DEBUG_READ / DEBUG_STATE payloads are capped to fit). */
 export const MAX_REPLY = 128 * 1024
 export const EXECBUFFER_FIXED = HEADER_SIZE + 16
+
+/** Added to a file's eventfd with an EXECBUFFER_FAILED notice; fence events never reach it. */
+export const EVENT_ERROR_MARK = 2n ** 32n
+/** EXECBUFFER_FAILED notice: -errno @0, op EXECBUFFER @4, then the failed submission's 1-based sequence number, flags, ring. */
+export const NOTICE_SIZE = HEADER_SIZE + 12

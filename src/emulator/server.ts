@@ -2,7 +2,8 @@
  * The `sommelier emulate-host` server: a non-blocking SOCK_SEQPACKET listener; each accepted
  * connection is one guest device file of the emulated virtio-gpu (`gpu.ts`). Requests are decoded
  * and answered synchronously in the reactor callback (protocol in `protocol.ts`), except WAIT,
- * whose reply waits until the object is idle. Everything is event-driven on the project's
+ * whose reply waits until the object is idle, and EXECBUFFER, which is one-way (a refused one
+ * fails the file: logged, a notice to the guest, later submissions dropped). Everything is event-driven on the project's
  * Reactor: many guest files and their compositor connections at once, no polling, no threads.
  *
  * Not here: device semantics (`gpu.ts`), cross-domain host behaviour (`crossdomain.ts`).
@@ -14,7 +15,7 @@ import { EPOLLIN, Reactor, type Watch } from "../transport/reactor.js"
 import { acceptUnix } from "../transport/socket.js"
 import { Gpu, type GpuFile } from "./gpu.js"
 import { listenSeqpacket, MsgIo } from "./msg.js"
-import { EXECBUFFER_FIXED, HEADER_SIZE, MAX_REPLY, MAX_REQUEST, Op, PROTOCOL_VERSION } from "./protocol.js"
+import { EVENT_ERROR_MARK, EXECBUFFER_FIXED, HEADER_SIZE, MAX_REPLY, MAX_REQUEST, NOTICE_SIZE, Op, PROTOCOL_VERSION } from "./protocol.js"
 
 export interface EmulatorOptions {
   /** Where guests connect (`--virtgpu emulated:PATH`). */
@@ -43,7 +44,18 @@ interface Conn {
   readonly file: GpuFile
   watch: Watch | null
   closed: boolean
+  /** EXECBUFFERs received (the guest counts the same way, so a notice can name one). */
+  submissions: number
+  /** An EXECBUFFER was refused: later ones are dropped (they may depend on it). */
+  failed: boolean
+  /** DEBUG_FAIL_SUBMISSION: refuse the next EXECBUFFER with this -errno (0: no). */
+  failNext: number
 }
+
+const errorMark = new BigUint64Array([EVENT_ERROR_MARK])
+/** Never written to: handlers only read and close what they get. */
+const noFds: number[] = []
+const noBos: readonly number[] = []
 
 const utf8 = new TextEncoder()
 
@@ -92,6 +104,32 @@ export const startEmulator = (options: EmulatorOptions): Effect.Effect<Emulator,
       }
     }
 
+    /** One-way EXECBUFFER refused: the file is failed; the guest hears of it on its next wake-up or request. */
+    const failSubmission = (c: Conn, seq: number, flags: number, ringIdx: number, status: number): void => {
+      c.failed = true
+      log(`file ${c.file.id}: EXECBUFFER #${seq} (flags 0x${flags.toString(16)}, ring ${ringIdx}) refused with errno ${-status}; the file is failed, later submissions are dropped`)
+      if (c.closed) return
+      const v = io.outView
+      v.setInt32(0, status, true)
+      v.setUint32(4, Op.EXECBUFFER, true)
+      v.setUint32(8, seq, true)
+      v.setUint32(12, flags, true)
+      v.setUint32(16, ringIdx, true)
+      const n = io.send(c.fd, NOTICE_SIZE, [], MSG_DONTWAIT | MSG_NOSIGNAL)
+      if (n < 0) {
+        log(`file ${c.file.id}: EXECBUFFER notice: errno ${-n}; closing the connection`)
+        return closeConn(c)
+      }
+      sys.write(c.file.eventFd, errorMark, 8)
+    }
+
+    /** A request refused before its handler ran; EXECBUFFER gets no reply, so it fails the file. */
+    const refuse = (c: Conn, op: number, status: number): void => {
+      if (op !== Op.EXECBUFFER) return reply(c, op, status)
+      const seq = ++c.submissions
+      if (!c.failed) failSubmission(c, seq, 0, 0, status)
+    }
+
     const bytesReply = (c: Conn, op: number, bytes: Uint8Array): void => {
       io.ensureOut(HEADER_SIZE + bytes.length)
       reply(c, op, 0, (_v, b) => {
@@ -110,13 +148,13 @@ export const startEmulator = (options: EmulatorOptions): Effect.Effect<Emulator,
       const op = v.getUint32(0, true)
       const need = (size: number): boolean => {
         if (n >= size) return true
-        reply(c, op, -Errno.EINVAL)
+        refuse(c, op, -Errno.EINVAL)
         return false
       }
       // Only PRIME_FD_TO_HANDLE carries an fd.
       if (op !== Op.PRIME_FD_TO_HANDLE && fds.length > 0) {
         fds.forEach((fd) => sys.close(fd))
-        return reply(c, op, -Errno.EINVAL)
+        return refuse(c, op, -Errno.EINVAL)
       }
       switch (op) {
         case Op.OPEN:
@@ -210,11 +248,21 @@ export const startEmulator = (options: EmulatorOptions): Effect.Effect<Emulator,
           const numBo = v.getUint32(16, true)
           const size = v.getUint32(20, true)
           if (!need(EXECBUFFER_FIXED + 4 * numBo + size)) return
-          const bos: number[] = []
-          for (let i = 0; i < numBo; i++) bos.push(v.getUint32(EXECBUFFER_FIXED + 4 * i, true))
+          const seq = ++c.submissions
+          if (c.failed) return
+          let bos = noBos
+          if (numBo > 0) {
+            const list: number[] = []
+            for (let i = 0; i < numBo; i++) list.push(v.getUint32(EXECBUFFER_FIXED + 4 * i, true))
+            bos = list
+          }
           const start = EXECBUFFER_FIXED + 4 * numBo
           // The host reads the command from the request buffer (no copy); SEND copies what it queues.
-          return reply(c, op, gpu.execbuffer(f, flags, ringIdx, bos, io.inBuf.subarray(start, start + size)))
+          const injected = c.failNext
+          c.failNext = 0
+          const status = injected !== 0 ? injected : gpu.execbuffer(f, flags, ringIdx, bos, io.inBuf.subarray(start, start + size))
+          if (status < 0) failSubmission(c, seq, flags, ringIdx, status)
+          return
         }
         case Op.WAIT:
           if (!need(16)) return
@@ -263,6 +311,13 @@ export const startEmulator = (options: EmulatorOptions): Effect.Effect<Emulator,
           if (json.length > MAX_REPLY - HEADER_SIZE) return reply(c, op, -Errno.E2BIG)
           return bytesReply(c, op, json)
         }
+        case Op.DEBUG_FAIL_SUBMISSION: {
+          if (!need(12)) return
+          const errno = v.getUint32(8, true)
+          if (errno === 0 || errno > 4095) return reply(c, op, -Errno.EINVAL)
+          c.failNext = -errno
+          return reply(c, op, 0)
+        }
         default:
           return reply(c, op, -Errno.ENOTTY)
       }
@@ -274,10 +329,11 @@ export const startEmulator = (options: EmulatorOptions): Effect.Effect<Emulator,
         const n = io.recv(c.fd, MSG_DONTWAIT | MSG_CMSG_CLOEXEC)
         if (n === -Errno.EAGAIN) return
         if (n <= 0) return closeConn(c) // EOF: the guest closed its device file
-        const fds = io.fds.splice(0)
+        // Only PRIME_FD_TO_HANDLE carries fds: no array per request otherwise.
+        const fds = io.fds.length === 0 ? noFds : io.fds.splice(0)
         if (io.truncated) {
           fds.forEach((fd) => sys.close(fd))
-          reply(c, io.inView.getUint32(0, true), -Errno.EMSGSIZE)
+          refuse(c, io.inView.getUint32(0, true), -Errno.EMSGSIZE)
           continue
         }
         handle(c, n, fds)
@@ -300,7 +356,7 @@ export const startEmulator = (options: EmulatorOptions): Effect.Effect<Emulator,
           sys.close(fd)
           continue
         }
-        const c: Conn = { fd, file, watch: null, closed: false }
+        const c: Conn = { fd, file, watch: null, closed: false, submissions: 0, failed: false, failNext: 0 }
         conns.add(c)
         c.watch = reactor.watch(fd, EPOLLIN, () => onConn(c))
       }

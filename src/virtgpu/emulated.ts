@@ -2,7 +2,12 @@
  * The emulated backend of `VirtGpu`: each `open` connects to a `sommelier emulate-host` process
  * (Unix SOCK_SEQPACKET, protocol in src/emulator/protocol.ts) that stands in for the guest kernel
  * and the VMM. Every operation is one request and one reply on a blocking socket, so it blocks
- * like the ioctl it models (bounded by a receive timeout). Blob memory is a memfd the emulator
+ * like the ioctl it models (bounded by a receive timeout) — except EXECBUFFER: the checks the
+ * guest kernel makes in the ioctl (flags, ring index, BO handles, size) are made here, and the
+ * submission itself is one-way, like a virtqueue the VMM drains on its own (a Wayland round trip
+ * is two of them). A submission the emulator still refuses fails this device for good: every
+ * later call throws a VirtGpuError naming it, starting with the next `readEvents` (the emulator
+ * wakes the event fd for it) or the next request, whichever comes first. Blob memory is a memfd the emulator
  * passes over SCM_RIGHTS and both processes map: ring and blob contents really cross a process
  * boundary. Fence events arrive on an eventfd from the emulator (its counter = events queued).
  *
@@ -10,14 +15,15 @@
  * keymap) cannot be mapped shared+writable; `map` then falls back to a private writable mapping
  * (reads see the host's bytes; writes stay local instead of crashing the process).
  *
- * Extra, for tests and diagnostics: `debugRead` (the host's view of a resource) and `debugState`.
+ * Extra, for tests and diagnostics: `debugRead` (the host's view of a resource), `debugState` and
+ * `debugFailNextSubmission` (fault injection for the asynchronous failure path).
  */
 import { Effect, Layer } from "effect"
 import { Errno } from "../ffi/errno.js"
-import { sys, viewOf, MAP_PRIVATE, MAP_SHARED, MSG_CMSG_CLOEXEC, MSG_NOSIGNAL, PROT_READ, PROT_WRITE } from "../ffi/libc.js"
+import { sys, viewOf, MAP_PRIVATE, MAP_SHARED, MSG_CMSG_CLOEXEC, MSG_DONTWAIT, MSG_NOSIGNAL, PROT_READ, PROT_WRITE } from "../ffi/libc.js"
 import { DRM_CLOEXEC, DRM_RDWR } from "../ffi/drm.js"
-import { connectSeqpacket, MsgIo, setReceiveTimeout } from "../emulator/msg.js"
-import { EXECBUFFER_FIXED, HEADER_SIZE, MAX_REPLY, MAX_REQUEST, Op, opName, PROTOCOL_VERSION } from "../emulator/protocol.js"
+import { connectSeqpacket, MsgIo, setReceiveTimeout, setSendTimeout } from "../emulator/msg.js"
+import { EVENT_ERROR_MARK, EXECBUFFER_FIXED, HEADER_SIZE, MAX_REPLY, MAX_REQUEST, Op, opName, PROTOCOL_VERSION } from "../emulator/protocol.js"
 import {
   CONTEXT_PARAM_CAPSET_ID,
   CONTEXT_PARAM_NUM_RINGS,
@@ -40,6 +46,8 @@ import { closedError, unsupportedCapset, virtGpuError } from "./errors.js"
 
 /** How long a request may wait for its reply (WAIT itself gives up after 15 s on the emulator). */
 const REPLY_TIMEOUT_MS = 20_000
+/** How long a one-way submission may wait for room in the emulator's receive queue. */
+const SEND_TIMEOUT_MS = 20_000
 
 const utf8 = new TextDecoder()
 
@@ -58,6 +66,14 @@ export class EmulatedDevice implements VirtGpuDevice {
   #fd: number
   readonly #io = new MsgIo(MAX_REPLY, 4096)
   readonly #count = new BigUint64Array(1)
+  /** Set once a one-way EXECBUFFER was refused by the emulator: every later call throws it. */
+  #failure: VirtGpuError | null = null
+  /** EXECBUFFERs sent (the emulator numbers them the same way in its notice). */
+  #submissions = 0
+  /** The context's ring count (-1: no context yet; an implicit one has 0). */
+  #numRings = -1
+  /** GEM handles of this file, for the kernel's BO check on EXECBUFFER. */
+  readonly #handles = new Set<number>()
 
   /** Connects and opens a device file. Throws VirtGpuError. */
   constructor(socketPath: string) {
@@ -76,6 +92,7 @@ export class EmulatedDevice implements VirtGpuDevice {
       )
     }
     setReceiveTimeout(fd, REPLY_TIMEOUT_MS)
+    setSendTimeout(fd, SEND_TIMEOUT_MS)
     this.#fd = fd
     try {
       const r = this.#call(Op.OPEN, (v) => {
@@ -98,6 +115,7 @@ export class EmulatedDevice implements VirtGpuDevice {
   #call(op: number, build?: (v: DataView, b: Uint8Array) => number, fds: readonly number[] = [], detail?: string): Reply {
     const name = opName[op] ?? `op ${op}`
     if (this.#fd < 0) throw closedError(name, this.name)
+    if (this.#failure !== null) throw this.#failure
     const io = this.#io
     io.outView.setUint32(0, op, true)
     io.outView.setUint32(4, 0, true)
@@ -112,11 +130,43 @@ export class EmulatedDevice implements VirtGpuDevice {
       throw new VirtGpuError({ reason: "Protocol", op: name, errno: n < 0 ? -n : Errno.EPROTO, message: `${name}: emulator ${this.socketPath}: ${why}` })
     }
     const status = io.inView.getInt32(0, true)
+    if (io.inView.getUint32(4, true) === Op.EXECBUFFER) {
+      // A notice, not our reply (EXECBUFFER gets none): an earlier submission was refused.
+      got.forEach((x) => sys.close(x))
+      throw this.#fail(n)
+    }
     if (status < 0) {
       got.forEach((x) => sys.close(x))
       throw virtGpuError(name, -status, detail)
     }
     return { view: io.inView, bytes: io.inBuf, length: n, fds: got }
+  }
+
+  /** The EXECBUFFER_FAILED notice in `inBuf[0, n)` fails the device; returns the error every call now throws. */
+  #fail(n: number): VirtGpuError {
+    const v = this.#io.inView
+    const errno = -v.getInt32(0, true)
+    const seq = n >= 20 ? v.getUint32(8, true) : 0
+    const ring = n >= 20 && (v.getUint32(12, true) & EXECBUF_RING_IDX) !== 0 ? `, ring ${v.getUint32(16, true)}` : ""
+    const base = virtGpuError("VIRTGPU_EXECBUFFER", errno > 0 ? errno : Errno.EIO, `the emulator refused submission #${seq} of ${this.#submissions}${ring} (${this.name}); the device is unusable`)
+    this.#failure = new VirtGpuError({ reason: "Protocol", op: base.op, errno: base.errno, message: base.message })
+    return this.#failure
+  }
+
+  /** Reads the pending EXECBUFFER_FAILED notice (the event counter says one was sent). */
+  #takeNotice(): VirtGpuError {
+    if (this.#failure !== null) return this.#failure
+    const io = this.#io
+    for (;;) {
+      const n = io.recv(this.#fd, MSG_CMSG_CLOEXEC | MSG_DONTWAIT)
+      io.closeFds()
+      if (n >= HEADER_SIZE && io.inView.getUint32(4, true) === Op.EXECBUFFER) return this.#fail(n)
+      if (n <= 0) {
+        // The counter says a notice was sent, yet none is there: fail anyway, naming that.
+        this.#failure = new VirtGpuError({ reason: "Protocol", op: "VIRTGPU_EXECBUFFER", errno: Errno.EIO, message: `VIRTGPU_EXECBUFFER: the emulator signalled a refused submission but sent no notice (${this.name})` })
+        return this.#failure
+      }
+    }
   }
 
   version(): DriverVersion {
@@ -182,6 +232,7 @@ export class EmulatedDevice implements VirtGpuDevice {
         })
         return 16 + 16 * params.length
       })
+      this.#numRings = numRings
     } catch (e) {
       if (e instanceof VirtGpuError && e.reason === "Ioctl" && e.errno === Errno.EINVAL)
         throw unsupportedCapset("VIRTGPU_CONTEXT_INIT", Errno.EINVAL, capsetId, `or ${numRings} rings / poll mask 0x${pollRingsMask.toString(16)} rejected`)
@@ -204,7 +255,10 @@ export class EmulatedDevice implements VirtGpuDevice {
       [],
       `mem ${args.blobMem}, size ${args.size}, blob_id ${args.blobId}`
     )
-    return { handle: r.view.getUint32(8, true), resId: r.view.getUint32(12, true) }
+    const handle = r.view.getUint32(8, true)
+    this.#handles.add(handle)
+    if (this.#numRings < 0) this.#numRings = 0
+    return { handle, resId: r.view.getUint32(12, true) }
   }
 
   map(handle: number, size: number): Mapping {
@@ -240,36 +294,51 @@ export class EmulatedDevice implements VirtGpuDevice {
     }
   }
 
+  /** One-way: the kernel's checks here, then one datagram; the emulator's verdict comes later (see the module comment). */
   execbuffer(args: ExecbufferArgs): void {
+    const op = "VIRTGPU_EXECBUFFER"
+    if (this.#fd < 0) throw closedError(op, this.name)
+    if (this.#failure !== null) throw this.#failure
     const bos = args.boHandles ?? []
     const cmd = args.command
+    const ringIdx = args.ringIdx
     const length = EXECBUFFER_FIXED + 4 * bos.length + cmd.length
-    if (length > MAX_REQUEST) throw virtGpuError("VIRTGPU_EXECBUFFER", Errno.E2BIG, `${cmd.length}-byte command exceeds the emulator's ${MAX_REQUEST}-byte request`)
-    this.#io.ensureOut(length)
-    this.#call(
-      Op.EXECBUFFER,
-      (v, b) => {
-        v.setUint32(8, args.ringIdx !== undefined ? EXECBUF_RING_IDX : 0, true)
-        v.setUint32(12, args.ringIdx ?? 0, true)
-        v.setUint32(16, bos.length, true)
-        v.setUint32(20, cmd.length, true)
-        for (let i = 0; i < bos.length; i++) v.setUint32(EXECBUFFER_FIXED + 4 * i, bos[i]!, true)
-        b.set(cmd, EXECBUFFER_FIXED + 4 * bos.length)
-        return length
-      },
-      [],
-      args.ringIdx !== undefined ? `ring ${args.ringIdx}` : undefined
-    )
+    if (length > MAX_REQUEST) throw virtGpuError(op, Errno.E2BIG, `${cmd.length}-byte command exceeds the emulator's ${MAX_REQUEST}-byte request`)
+    // virtio_gpu_execbuffer_ioctl: the ring must exist in this file's context.
+    if (ringIdx !== undefined && !(ringIdx >= 0 && ringIdx < this.#numRings)) throw virtGpuError(op, Errno.EINVAL, `ring ${ringIdx}`)
+    for (let i = 0; i < bos.length; i++) if (!this.#handles.has(bos[i]!)) throw virtGpuError(op, Errno.ENOENT, `handle ${bos[i]}`)
+    const io = this.#io
+    io.ensureOut(length)
+    const v = io.outView
+    v.setUint32(0, Op.EXECBUFFER, true)
+    v.setUint32(4, 0, true)
+    v.setUint32(8, ringIdx !== undefined ? EXECBUF_RING_IDX : 0, true)
+    v.setUint32(12, ringIdx ?? 0, true)
+    v.setUint32(16, bos.length, true)
+    v.setUint32(20, cmd.length, true)
+    for (let i = 0; i < bos.length; i++) v.setUint32(EXECBUFFER_FIXED + 4 * i, bos[i]!, true)
+    io.outBuf.set(cmd, EXECBUFFER_FIXED + 4 * bos.length)
+    const sent = io.send(this.#fd, length, [], MSG_NOSIGNAL)
+    if (sent < 0) {
+      const why = sent === -Errno.EAGAIN ? `the emulator took no submission for ${SEND_TIMEOUT_MS} ms` : `sending to the emulator at ${this.socketPath}`
+      throw virtGpuError(op, -sent, why, sent === -Errno.EBADF ? "Ioctl" : "Protocol")
+    }
+    this.#submissions++
+    // An implicit context (no CONTEXT_INIT) has no rings.
+    if (this.#numRings < 0) this.#numRings = 0
   }
 
   readEvents(): number[] {
     if (this.#fd < 0) throw closedError("read events", this.name)
+    if (this.#failure !== null) throw this.#failure
     for (;;) {
       const n = sys.read(this.eventFd, this.#count, 8)
       if (n === -Errno.EINTR) continue
       if (n === -Errno.EAGAIN) return []
       if (n < 0) throw virtGpuError("read events", -n, this.name)
-      return new Array<number>(Number(this.#count[0]!)).fill(EVENT_FENCE_SIGNALED)
+      const count = this.#count[0]!
+      if (count >= EVENT_ERROR_MARK) throw this.#takeNotice()
+      return count === 1n ? [EVENT_FENCE_SIGNALED] : new Array<number>(Number(count)).fill(EVENT_FENCE_SIGNALED)
     }
   }
 
@@ -304,10 +373,14 @@ export class EmulatedDevice implements VirtGpuDevice {
 
   primeFdToHandle(fd: number): number {
     const r = this.#call(Op.PRIME_FD_TO_HANDLE, undefined, [fd], `fd ${fd}`)
-    return r.view.getUint32(8, true)
+    const handle = r.view.getUint32(8, true)
+    this.#handles.add(handle)
+    if (this.#numRings < 0) this.#numRings = 0
+    return handle
   }
 
   gemClose(handle: number): void {
+    this.#handles.delete(handle)
     this.#call(
       Op.GEM_CLOSE,
       (v) => {
@@ -347,6 +420,14 @@ export class EmulatedDevice implements VirtGpuDevice {
       return 20
     })
     return r.bytes.slice(HEADER_SIZE, r.length)
+  }
+
+  /** Fault injection (emulator only): the emulator refuses this file's next EXECBUFFER with `errno`. */
+  debugFailNextSubmission(errno: number): void {
+    this.#call(Op.DEBUG_FAIL_SUBMISSION, (v) => {
+      v.setUint32(8, errno, true)
+      return 12
+    })
   }
 
   /** The emulator's state (files, resources, cross-domain contexts) as JSON-decoded data. */

@@ -8,6 +8,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import { Effect, Exit, Scope } from "effect"
 import { fstatSync } from "node:fs"
+import { Errno } from "../../src/ffi/errno.js"
 import { startWeston, type Weston } from "../../src/host/weston.js"
 import * as Reactor from "../../src/transport/reactor.js"
 import { memfdCreate } from "../../src/transport/memfd.js"
@@ -343,6 +344,53 @@ describe("emulated virtio-gpu against emulate-host + weston", () => {
         expect(observer.debugState().files.some((f) => f.id === mine!.id)).toBe(false)
       } finally {
         g.close()
+        observer.close()
+      }
+    }))
+
+  it("one-way EXECBUFFER: a submission the emulator refuses fails the device at its next wake-up or request; later ones are dropped", () =>
+    noLeak(async () => {
+      const observer = new EmulatedDevice(emu.socketPath)
+      const g = new TestGuest(emu.socketPath) // submission #1: INIT
+      try {
+        g.dev.debugFailNextSubmission(Errno.EINVAL)
+        g.submit(sendCmd(registryAndSync())) // #2: refused
+        g.poll() // #3: sent before the guest knows; dropped by the emulator
+        const failure = await until(() => {
+          try {
+            g.dev.readEvents()
+            return undefined
+          } catch (e) {
+            return e
+          }
+        }, "the event fd to report the failure")
+        expect(failure).toBeInstanceOf(VirtGpuError)
+        expect((failure as VirtGpuError).message).toMatch(/^VIRTGPU_EXECBUFFER: .*the emulator refused submission #2 of 3 \(emulated:.*\); the device is unusable$/)
+        // Sticky: every later call throws the same error without talking to the emulator.
+        expect(errnoOf(() => g.dev.getParam(1))).toBe("Protocol:22")
+        expect(errnoOf(() => g.dev.execbuffer({ command: new Uint8Array(16), ringIdx: 1 }))).toBe("Protocol:22")
+        expect(errnoOf(() => g.dev.readEvents())).toBe("Protocol:22")
+        await until(() => (/file \d+: EXECBUFFER #2 \(flags 0x0, ring 0\) refused with errno 22; the file is failed/.test(emu.stderr()) ? true : undefined), "the emulator's log line")
+        // The POLL after the refused SEND made no fence (it would wait: the compositor got nothing).
+        const files = observer.debugState().files.filter((f) => f.context?.crossDomain?.["initialized"] === true)
+        expect(files.map((f) => f.context?.crossDomain?.["pendingFences"])).toEqual([0])
+      } finally {
+        g.close()
+      }
+      // Surfaced by the next request when no wake-up was looked at first.
+      const g2 = new TestGuest(emu.socketPath)
+      try {
+        g2.dev.debugFailNextSubmission(Errno.EIO)
+        g2.poll() // #2: refused, ring 1
+        expect(errnoOf(() => g2.dev.getParam(1))).toBe("Protocol:5")
+        try {
+          g2.dev.readEvents()
+          expect.unreachable()
+        } catch (e) {
+          expect((e as VirtGpuError).message).toMatch(/refused submission #2 of 2, ring 1 /)
+        }
+      } finally {
+        g2.close()
         observer.close()
       }
     }))
