@@ -454,6 +454,27 @@ describe("shm copy path over the data path", () => {
     t.done()
   })
 
+  it("a client gone when its wl_shm_pool.destroy is answered ends as closed (EPIPE) or as an I/O error, never as its protocol error", () => {
+    for (const [code, expected] of [
+      ["EPIPE", { _tag: "ClientClosed" }],
+      ["ECONNRESET", { _tag: "ClientClosed" }],
+      ["EBADF", { _tag: "IoError", message: "client write failed: sendmsg: Bad file descriptor (EBADF): fd 28" }]
+    ] as const) {
+      const t = setup()
+      const pool = t.guestPool(4096)
+      t.sendFd(req(4, "wl_shm", "create_pool", [6, pool.fd, 4096]), pool.fd)
+      // What the socket endpoint throws once the client closed its end (foot at exit).
+      t.client.write = () => {
+        throw Object.assign(new Error(`sendmsg: ${code === "EBADF" ? "Bad file descriptor" : "Broken pipe"} (${code}): fd 28`), { code })
+      }
+      // The connection ends in the hook; the batch reports it.
+      t.send(req(6, "wl_shm_pool", "destroy", []), req(3, "wl_compositor", "create_surface", [8]))
+      expect(t.ends).toEqual([expected])
+      expect(t.state().pools()).toBe(0)
+      t.done()
+    }
+  })
+
   it("protocol errors name the request: unknown format, format the host did not announce, bad stride, no host memory, truncated pool", () => {
     const errorOf = (t: ReturnType<typeof setup>) => {
       const f = clientFrames(t.client).filter((x) => x.id === 1 && x.opcode === 0).at(-1)!

@@ -568,10 +568,21 @@ export const shmCopy = (options: ShmOptions = {}): HookModule => ({
     ctx.onClose?.(release)
     options.onState?.({ counts: copies.counts, pools: () => mapped.size, buffers: () => copies.buffers.size, release })
 
-    /** The client learns its id is free; the proxy answered the destructor itself. */
+    /**
+     * The client learns its id is free; the proxy answered the destructor itself. A client that
+     * destroys its pool and exits at once (foot does) has closed its socket by now: that is the
+     * client going away, not a protocol error, so the connection ends as such (never a throw,
+     * which the connection would report as this request's violation).
+     */
     const sendDeleteId = (conn: Connection, clientId: number): void => {
       const frame = encodeMessage(1, deleteId, [clientId], [])
-      conn.client.write(frame, 0, frame.length, [])
+      try {
+        if (conn.client.write(frame, 0, frame.length, []) === "overflow")
+          conn.end({ _tag: "Limit", limit: "client backlog", message: "client does not read: its backlog is full (wl_display.delete_id of a wl_shm_pool)" })
+      } catch (e) {
+        const code = (e as { code?: unknown }).code
+        conn.end(code === "EPIPE" || code === "ECONNRESET" ? { _tag: "ClientClosed" } : { _tag: "IoError", message: `client write failed: ${describe(e)}` })
+      }
     }
 
     // wl_shm.create_pool(id, fd, size)
