@@ -378,7 +378,8 @@ export const buildImage = async (o: ImageOptions): Promise<ImageInfo> => {
     const walk = (dir: string): string[] =>
       fs.readdirSync(dir, { withFileTypes: true }).flatMap((d) => {
         const p = path.join(dir, d.name)
-        return d.isDirectory() ? walk(p) : d.name.endsWith(".js") ? [p] : []
+        // .mjs: dist/sommelier.mjs, the bundle bin/sommelier runs (its dependencies are traced, not main.js's).
+        return d.isDirectory() ? walk(p) : d.name.endsWith(".js") || d.name.endsWith(".mjs") ? [p] : []
       })
     for (const f of walk(dist)) cpio.file(path.posix.join(GUEST_ROOT, path.relative(REPO, f)), f)
 
