@@ -671,6 +671,8 @@ interface MemoryRow {
   readonly few: Memory
   readonly many: Memory
   readonly pssPerClientKiB: number
+  /** The readings' own spread (GC) divided by the clients added: a per-client figure within ± this is noise. */
+  readonly pssPerClientNoiseKiB: number
   readonly idleCpuPercent: number
   readonly idleSeconds: number
 }
@@ -679,15 +681,18 @@ interface MemoryRow {
  * PSS after `settleMs`, the smallest of `samples` readings 300 ms apart: node frees set-up garbage at
  * its next GC, and the retained size is what per-client memory is about.
  */
-const settledMemory = async (t: Target, settleMs: number, samples: number): Promise<Memory> => {
+const settledMemory = async (t: Target, settleMs: number, samples: number): Promise<Memory & { readonly spreadKiB: number }> => {
   await sleep(settleMs)
   let best: Memory | null = null
+  let most = 0
   for (let i = 0; i < samples; i++) {
     if (i > 0) await sleep(300)
     const m = memory(t.pids())
     if (best === null || m.pssKiB < best.pssKiB) best = m
+    most = Math.max(most, m.pssKiB)
   }
-  return best!
+  // How much the readings moved while nothing happened (GC): the noise of this figure.
+  return { ...best!, spreadKiB: most - best!.pssKiB }
 }
 
 const runMemory = async (env: Env, t: Target, s: ReturnType<typeof sizes>): Promise<MemoryRow> => {
@@ -710,6 +715,7 @@ const runMemory = async (env: Env, t: Target, s: ReturnType<typeof sizes>): Prom
       few: fewMem,
       many: manyMem,
       pssPerClientKiB: (manyMem.pssKiB - fewMem.pssKiB) / (s.memory.many - s.memory.few),
+      pssPerClientNoiseKiB: (manyMem.spreadKiB + fewMem.spreadKiB) / (s.memory.many - s.memory.few),
       idleCpuPercent: (cpuDelta(c0, c1) / 1e9 / s.idleSeconds) * 100,
       idleSeconds: s.idleSeconds
     }
@@ -732,7 +738,7 @@ const memoryTable = (rows: readonly MemoryRow[], s: ReturnType<typeof sizes>): s
         ? `≤ 300 KiB/client: **${r.pssPerClientKiB <= 300 ? "PASS" : "MISS"}**; idle CPU ~0: **${r.idleCpuPercent < 0.1 ? "PASS" : "MISS"}**`
         : ""
     lines.push(
-      `| ${r.target} | ${r.fresh !== null ? `${mib(r.fresh.rssKiB)} / ${mib(r.fresh.pssKiB)}` : "—"} | ${mib(r.idle.pssKiB)} | ${mib(r.few.pssKiB)} | ${mib(r.many.pssKiB)} | ${r.pssPerClientKiB.toFixed(0)} KiB | ${r.idleCpuPercent.toFixed(3)} % | ${checks} |`
+      `| ${r.target} | ${r.fresh !== null ? `${mib(r.fresh.rssKiB)} / ${mib(r.fresh.pssKiB)}` : "—"} | ${mib(r.idle.pssKiB)} | ${mib(r.few.pssKiB)} | ${mib(r.many.pssKiB)} | ${r.pssPerClientKiB.toFixed(0)} KiB (±${Math.max(1, r.pssPerClientNoiseKiB).toFixed(0)}) | ${r.idleCpuPercent.toFixed(3)} % | ${checks} |`
     )
   }
   return lines.join("\n")
