@@ -36,7 +36,7 @@ import {
   writeFileSync
 } from "node:fs"
 import { cpus, release, tmpdir } from "node:os"
-import { dirname, join } from "node:path"
+import { dirname, join, relative } from "node:path"
 import { fileURLToPath, pathToFileURL } from "node:url"
 import { startWeston, type Weston } from "../../src/host/weston.js"
 import { formatCodecTable, runCodecBench, type CodecBenchRow } from "./codec.js"
@@ -338,6 +338,17 @@ const clientEnv = (runDir: string, display: string): NodeJS.ProcessEnv => {
 }
 
 const cliMain = join(root, "dist", "cli", "main.js")
+const cliBundle = join(root, "dist", "sommelier.mjs")
+
+/**
+ * What a proxy process runs: the one-file bundle bin/sommelier runs (what users get) when it is
+ * current, else dist/cli/main.js; profiles always use main.js, whose file names say which layer
+ * a function belongs to.
+ */
+const cliEntry = (nodeArgs: readonly string[]): string =>
+  !nodeArgs.some((a) => a.startsWith("--cpu-prof")) && existsSync(cliBundle) && statSync(cliBundle).mtimeMs >= newestMtime(join(root, "dist"))
+    ? cliBundle
+    : cliMain
 
 const newestMtime = (dir: string): number => {
   let newest = 0
@@ -372,7 +383,7 @@ const startLocal = async (env: Env, weston: Weston, extraNodeArgs: readonly stri
   const child = startDaemon(
     env.settings,
     process.execPath,
-    [...extraNodeArgs, cliMain, "serve", sock, "--mode", "local", "--host-display", weston.socketPath],
+    [...extraNodeArgs, cliEntry(extraNodeArgs), "serve", sock, "--mode", "local", "--host-display", weston.socketPath],
     { ...process.env, XDG_RUNTIME_DIR: env.runDir },
     log
   )
@@ -406,7 +417,7 @@ const startCrossDomain = async (env: Env, weston: Weston, nodeArgs: (name: strin
   const hostLog = join(env.runDir, `${tag}-emulate-host.log`)
   const hostArgs = [
     ...nodeArgs("emulate-host"),
-    cliMain,
+    cliEntry(nodeArgs("emulate-host")),
     "emulate-host",
     "--listen",
     devicePath,
@@ -419,7 +430,7 @@ const startCrossDomain = async (env: Env, weston: Weston, nodeArgs: (name: strin
   const child = startDaemon(
     env.settings,
     process.execPath,
-    [...nodeArgs("serve"), cliMain, "serve", sock, "--mode", "cross-domain", "--virtgpu", `emulated:${devicePath}`],
+    [...nodeArgs("serve"), cliEntry(nodeArgs("serve")), "serve", sock, "--mode", "cross-domain", "--virtgpu", `emulated:${devicePath}`],
     { ...process.env, XDG_RUNTIME_DIR: env.runDir },
     log
   )
@@ -983,6 +994,7 @@ const main = async (settings: Settings, weston: Weston): Promise<void> => {
   }
   const client = buildClient()
   ensureBuilt(settings)
+  console.log(`proxies run ${relative(root, cliEntry([]))}${cliEntry([]) === cliBundle ? " (the bundle bin/sommelier runs)" : ""}`)
   const runDir = mkdtempSync(join(tmpdir(), "sommelier-bench-"))
   try {
     await measure(settings, weston, { settings, client, runDir }, t0, mach, date)
