@@ -66,6 +66,8 @@ describe("shell completions", () => {
         expect(complete(["sommelier", "serve", "--ta"])).toBe("--tag")
         expect(complete(["sommelier", "run", "--ot"])).toBe("--otlp")
         expect(complete(["sommelier", "serve", "--title-"]).split(" ")).toContain("--title-prefix")
+        // A hyphenated subcommand's options (@effect/cli labels its case "emulate__host"; main.ts mends it).
+        expect(complete(["sommelier", "emulate-host", "--lis"])).toBe("--listen")
       }),
     60_000
   )
