@@ -34,6 +34,7 @@
  */
 import { F_GET_SEALS, F_SEAL_SHRINK, SEEK_END, sys } from "../../ffi/libc.js"
 import type { Connection, HookMessage, HookResult, OutMessage } from "../../proxy/connection.js"
+import type { ConnectionEndReason } from "../../proxy/errors.js"
 import type { MessageDesc } from "../../protocol/types.js"
 import { ObjectState, type ObjectEntry } from "../../shadow/table.js"
 import { BLOB_FLAG_USE_MAPPABLE, BLOB_FLAG_USE_SHAREABLE, BLOB_MEM_HOST3D } from "../../virtgpu/device.js"
@@ -571,17 +572,24 @@ export const shmCopy = (options: ShmOptions = {}): HookModule => ({
     /**
      * The client learns its id is free; the proxy answered the destructor itself. A client that
      * destroys its pool and exits at once (foot does) has closed its socket by now: that is the
-     * client going away, not a protocol error, so the connection ends as such (never a throw,
-     * which the connection would report as this request's violation).
+     * client going away, not a protocol error, so the connection ends as such — never a throw,
+     * which the connection would report as this request's violation. The end waits for the
+     * batch being walked to finish (a microtask: it runs as soon as the reactor callback
+     * returns), since ending the connection closes the buffers that batch is read from.
      */
     const sendDeleteId = (conn: Connection, clientId: number): void => {
       const frame = encodeMessage(1, deleteId, [clientId], [])
+      let reason: ConnectionEndReason | null = null
       try {
         if (conn.client.write(frame, 0, frame.length, []) === "overflow")
-          conn.end({ _tag: "Limit", limit: "client backlog", message: "client does not read: its backlog is full (wl_display.delete_id of a wl_shm_pool)" })
+          reason = { _tag: "Limit", limit: "client backlog", message: "client does not read: its backlog is full (wl_display.delete_id of a wl_shm_pool)" }
       } catch (e) {
         const code = (e as { code?: unknown }).code
-        conn.end(code === "EPIPE" || code === "ECONNRESET" ? { _tag: "ClientClosed" } : { _tag: "IoError", message: `client write failed: ${describe(e)}` })
+        reason = code === "EPIPE" || code === "ECONNRESET" ? { _tag: "ClientClosed" } : { _tag: "IoError", message: `client write failed: ${describe(e)}` }
+      }
+      if (reason !== null) {
+        const r = reason
+        queueMicrotask(() => conn.end(r))
       }
     }
 
