@@ -532,9 +532,10 @@ export class CrossDomainContext<F extends Fence = Fence> {
       }
     }
     const readable = (events & (EPOLLIN | EPOLLERR | EPOLLHUP)) !== 0
-    if (readable && this.#armed) this.#receive(ch.fd)
+    const armed = this.#armed
+    if (readable && armed) this.#receive(ch.fd)
     // Readable with no fence to answer: stop listening until the next POLL.
-    this.#update(!(readable && !this.#armed))
+    this.#update(!(readable && !armed))
   }
 
   #halt(reason: string): void {

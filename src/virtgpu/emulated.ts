@@ -338,7 +338,7 @@ export class EmulatedDevice implements VirtGpuDevice {
       if (n < 0) throw virtGpuError("read events", -n, this.name)
       const count = this.#count[0]!
       if (count >= EVENT_ERROR_MARK) throw this.#takeNotice()
-      return count === 1n ? [EVENT_FENCE_SIGNALED] : new Array<number>(Number(count)).fill(EVENT_FENCE_SIGNALED)
+      return new Array<number>(Number(count)).fill(EVENT_FENCE_SIGNALED)
     }
   }
 

@@ -26,7 +26,7 @@ const setup = () => {
   const device = new FakeDevice()
   const watcher = new FakeWatcher()
   const warnings: string[] = []
-  const channel = CrossDomainChannel.open(device, { reactor: watcher, onWarning: (w) => warnings.push(w) })
+  const channel = CrossDomainChannel.open(device, { reactor: watcher, onWarning: (w) => warnings.push(w), rearm: "now" })
   const done = () => {
     channel.close()
     device.close()
@@ -109,6 +109,50 @@ describe("host → guest", () => {
     expect(got).toEqual(["first", "second"])
     expect(channel.counters.polls).toBe(3)
     done()
+  })
+
+  it("deferred re-arm (the default): the next SEND carries the POLL on ring 1; with no SEND, a POLL alone by the end of the next loop turn", async () => {
+    const device = new FakeDevice()
+    const watcher = new FakeWatcher()
+    const channel = CrossDomainChannel.open(device, { reactor: watcher })
+    const nextTurn = () => new Promise<void>((r) => setImmediate(() => setImmediate(() => setImmediate(r))))
+    const sink = () => {}
+    device.deliver(P.encodeReceive([], text("one")))
+    expect(channel.pump(sink)).toBe("data")
+    expect(device.outstandingPolls).toBe(0)
+    // A request right after the events: one submission, SEND then POLL, fenced on ring 1.
+    const mark = device.execs.length
+    channel.send(text("req!"), 0, 4, [])
+    const s = device.sent(mark)
+    expect(s.map((e) => [e.cmd, e.ringIdx])).toEqual([[P.CMD_SEND, 1]])
+    const cmd = s[0]!.command
+    const sendSize = new DataView(cmd.buffer).getUint16(2, true)
+    expect(sendSize).toBe(P.SEND_HEADER_SIZE + 4)
+    expect(P.readHeader(cmd, sendSize)).toEqual({ cmd: P.CMD_POLL, ringIdx: 0, cmdSize: P.POLL_SIZE })
+    expect(cmd.length).toBe(sendSize + P.POLL_SIZE)
+    expect(device.outstandingPolls).toBe(1)
+    expect(channel.counters).toMatchObject({ polls: 2, fences: 1, sends: 1 })
+    // Already armed: the late re-arm does nothing; the next SEND goes alone, without a ring.
+    await nextTurn()
+    expect(device.execs.length).toBe(mark + 1)
+    channel.send(text("more"), 0, 4, [])
+    expect(device.sent(mark + 1).map((e) => [e.cmd, e.ringIdx, e.command.length])).toEqual([[P.CMD_SEND, undefined, P.SEND_HEADER_SIZE + 4]])
+    // No request follows: the POLL goes alone once the loop has turned.
+    device.deliver(P.encodeReceive([], text("two")))
+    expect(channel.pump(sink)).toBe("data")
+    expect(device.outstandingPolls).toBe(0)
+    await nextTurn()
+    expect(device.sent(mark + 2).map((e) => [e.cmd, e.ringIdx])).toEqual([[P.CMD_POLL, 1]])
+    expect(device.outstandingPolls).toBe(1)
+    // A re-arm still due when the channel closes is dropped.
+    device.deliver(P.encodeReceive([], text("three")))
+    channel.pump(sink)
+    const before = device.execs.length
+    channel.close()
+    await nextTurn()
+    expect(device.execs.length).toBe(before)
+    device.close()
+    expect(watcher.live.size).toBe(0)
   })
 
   it("RECEIVE blob identifier → CREATE_BLOB HOST3D {MAPPABLE|SHAREABLE, size, blob_id} → PRIME export → GEM close", () => {

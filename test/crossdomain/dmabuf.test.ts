@@ -50,7 +50,7 @@ const setup = (supportsDmabuf: boolean, modules?: (device: FakeDevice) => Readon
   const device = new FakeDevice()
   device.caps = P.encodeCapabilities({ version: 1, supportedChannels: 1 << P.CHANNEL_TYPE_WAYLAND, supportsDmabuf, supportsExternalGpuMemory: false })
   const watcher = new FakeWatcher()
-  const channel = CrossDomainChannel.open(device, { reactor: watcher })
+  const channel = CrossDomainChannel.open(device, { reactor: watcher, rearm: "now" })
   const host = new CrossDomainEndpoint(channel)
   const client = new MemoryEndpoint(true)
   const ends: ConnectionEndReason[] = []

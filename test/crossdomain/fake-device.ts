@@ -123,7 +123,8 @@ export class FakeDevice implements VirtGpuDevice {
     this.execs.push({ command, ringIdx: args.ringIdx })
     const h = P.readHeader(command)
     if (h?.cmd === P.CMD_INIT) this.#channelRing = new DataView(command.buffer).getUint32(12, true)
-    if (h?.cmd === P.CMD_POLL && args.ringIdx === P.CHANNEL_RING) this.outstandingPolls++
+    // The host answers the ring-1 fence, whatever the buffer holds (a SEND may carry the POLL).
+    if (args.ringIdx === P.CHANNEL_RING) this.outstandingPolls++
   }
 
   readEvents(): number[] {

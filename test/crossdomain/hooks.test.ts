@@ -42,7 +42,7 @@ const setup = () => {
   const device = new FakeDevice()
   const watcher = new FakeWatcher()
   const warnings: string[] = []
-  const channel = CrossDomainChannel.open(device, { reactor: watcher })
+  const channel = CrossDomainChannel.open(device, { reactor: watcher, rearm: "now" })
   const host = new CrossDomainEndpoint(channel)
   const client = new MemoryEndpoint(true)
   const ends: ConnectionEndReason[] = []

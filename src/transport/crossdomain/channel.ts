@@ -10,6 +10,14 @@
  * forwards with WRITE), READ (data for a read pipe: written to the client's fd), or an empty
  * RECEIVE (the compositor hung up); then it re-arms POLL.
  *
+ * Re-arming ("deferred", the default): POLL is a no-op command whose ring-1 fence is what the
+ * host answers, so the next SEND or WRITE can carry it — one submission on ring 1 holding the
+ * command then POLL, instead of two submissions (each a VMM notification; with a Wayland client
+ * the next request usually follows the events at once). So that events never wait on the
+ * client, the POLL goes out on its own no later than the end of the next event-loop turn
+ * (two `setImmediate` hops: a request that arrived meanwhile is read first). "now" re-arms
+ * inside `pump`, one POLL per fence (tests that count submissions).
+ *
  * Guest → host: `send` splits bytes into SENDs of ≤ 3744 bytes with ≤ 28 identifiers each (fds
  * ride on the first piece), translating each fd: a virtio-gpu blob (PRIME import succeeds) or a
  * read pipe adopted by `adoptReadPipe`, matched by inode. Anything else cannot cross: callers
@@ -55,6 +63,8 @@ export interface ChannelOptions {
   readonly onWarning?: (message: string) => void
   /** Bytes kept for a read-pipe reader that does not read before the pipe is dropped. Default 64 MiB. */
   readonly maxPipeBacklog?: number
+  /** When POLL is re-armed after a fence (see the module comment). Default "deferred". */
+  readonly rearm?: "deferred" | "now"
 }
 
 /** What `classify` found an fd to be. */
@@ -78,6 +88,9 @@ interface WritePipe {
 }
 
 const FENCE_POLL = P.encodePoll()
+const NO_IDENTIFIERS: readonly P.Identifier[] = []
+/** Runs `f` at the end of the next event-loop turn: after the I/O that turn finds. */
+const nextTurn = (f: () => void): void => void setImmediate(() => void setImmediate(f))
 /** WRITE chunks per readiness wake-up of one pipe before the reactor serves others. */
 const MAX_CHUNKS_PER_WAKE = 16
 
@@ -100,9 +113,16 @@ export class CrossDomainChannel {
   readonly #channel: Blob
   readonly #queryMap: Mapping
   readonly #channelMap: Mapping
-  readonly #sendBuf = new Uint8Array(P.RING_SIZE)
-  readonly #pipeBuf = new Uint8Array(P.RING_SIZE)
+  /** Room for the largest SEND or WRITE plus a POLL riding with it. */
+  readonly #sendBuf = new Uint8Array(P.RING_SIZE + P.POLL_SIZE)
+  readonly #pipeBuf = new Uint8Array(P.RING_SIZE + P.POLL_SIZE)
   #pollArmed = false
+  /** Identifier slots the last SEND in `#sendBuf` filled. */
+  #sendIdsUsed = P.MAX_IDENTIFIERS
+  /** A fence was consumed and its POLL not yet re-armed (deferred re-arm). */
+  #rearmDue = false
+  #rearmScheduled = false
+  readonly #deferRearm: boolean
   #hostEof = false
   #closed = false
   #readPipeCounter = P.PIPE_READ_START
@@ -123,6 +143,7 @@ export class CrossDomainChannel {
     this.#queryMap = queryMap
     this.#channel = channel
     this.#channelMap = channelMap
+    this.#deferRearm = options.rearm !== "now"
   }
 
   /**
@@ -193,8 +214,51 @@ export class CrossDomainChannel {
 
   #arm(): void {
     this.#device.execbuffer({ command: FENCE_POLL, ringIdx: P.CHANNEL_RING })
+    this.#armed()
+  }
+
+  #armed(): void {
     this.#pollArmed = true
+    this.#rearmDue = false
     this.counters.polls++
+  }
+
+  /** Re-arm after a fence: now, or by the next SEND/WRITE, or by the end of the next loop turn. */
+  #rearm(): void {
+    if (!this.#deferRearm) return this.#arm()
+    this.#rearmDue = true
+    if (this.#rearmScheduled) return
+    this.#rearmScheduled = true
+    nextTurn(this.#lateRearm)
+  }
+
+  readonly #lateRearm = (): void => {
+    this.#rearmScheduled = false
+    if (!this.#rearmDue || this.#closed || this.#hostEof) return
+    try {
+      this.#arm()
+    } catch (e) {
+      // Outside any caller: kept for the next pump or send to throw (no host message can
+      // arrive before then anyway: no POLL is outstanding).
+      this.#lateError = e
+      this.#warn(`re-arming POLL failed: ${describe(e)}`)
+    }
+  }
+
+  #lateError: unknown = null
+
+  /**
+   * Submits `buf[0, size)`; a due POLL rides along (appended, submission on ring 1), so one
+   * submission does both. `buf` has room for it after `size`.
+   */
+  #submit(buf: Uint8Array, size: number): void {
+    if (!this.#rearmDue) {
+      this.#device.execbuffer({ command: buf.subarray(0, size) })
+      return
+    }
+    buf.set(FENCE_POLL, size)
+    this.#device.execbuffer({ command: buf.subarray(0, size + P.POLL_SIZE), ringIdx: P.CHANNEL_RING })
+    this.#armed()
   }
 
   #warn(message: string): void {
@@ -213,6 +277,7 @@ export class CrossDomainChannel {
    */
   pump(onReceive: (data: Uint8Array, fds: readonly number[]) => void): "data" | "again" | "eof" {
     if (this.#closed) throw new CrossDomainError({ reason: "Closed", message: "pump on a closed channel" })
+    if (this.#lateError !== null) throw this.#lateError
     if (this.#hostEof) return "eof"
     let got = false
     for (const type of this.#device.readEvents()) {
@@ -226,7 +291,7 @@ export class CrossDomainChannel {
       this.counters.fences++
       if (this.#handleRing(onReceive)) got = true
       if (this.#hostEof) return "eof"
-      this.#arm()
+      this.#rearm()
     }
     return got ? "data" : "again"
   }
@@ -352,7 +417,7 @@ export class CrossDomainChannel {
   #submitWrite(id: number, hangUp: boolean, n: number): void {
     const buf = this.#pipeBuf
     const size = P.writeReadWriteInto(buf, P.CMD_WRITE, id, hangUp, buf, P.READ_WRITE_HEADER_SIZE, n)
-    this.#device.execbuffer({ command: buf.subarray(0, size) })
+    this.#submit(buf, size)
     this.counters.writes++
   }
 
@@ -496,9 +561,21 @@ export class CrossDomainChannel {
    * an adopted read pipe (nothing is sent then), or `VirtGpuError` when the device fails.
    */
   send(data: Uint8Array, offset: number, length: number, fds: readonly number[]): void {
+    if (fds.length === 0) {
+      // The common case (most requests carry no fd): no identifier lists.
+      if (this.#closed) throw new CrossDomainError({ reason: "Closed", message: "send on a closed channel" })
+      if (this.#lateError !== null) throw this.#lateError
+      for (let pos = offset, end = offset + length; pos < end; ) {
+        const n = Math.min(P.MAX_SEND_DATA, end - pos)
+        this.#submitSend(NO_IDENTIFIERS, data, pos, n)
+        pos += n
+      }
+      return
+    }
     let idents: P.Identifier[]
     try {
       if (this.#closed) throw new CrossDomainError({ reason: "Closed", message: "send on a closed channel" })
+      if (this.#lateError !== null) throw this.#lateError
       idents = this.#translate(fds)
     } finally {
       for (const fd of fds) sys.close(fd)
@@ -565,8 +642,10 @@ export class CrossDomainChannel {
   }
 
   #submitSend(ids: readonly P.Identifier[], data: Uint8Array, off: number, len: number): void {
-    const size = P.writeSendInto(this.#sendBuf, P.CMD_SEND, ids, data, off, len)
-    this.#device.execbuffer({ command: this.#sendBuf.subarray(0, size) })
+    // Identifier slots past both this SEND's and the last one's count are still zero.
+    const size = P.writeSendInto(this.#sendBuf, P.CMD_SEND, ids, data, off, len, Math.max(ids.length, this.#sendIdsUsed))
+    this.#sendIdsUsed = ids.length
+    this.#submit(this.#sendBuf, size)
     this.counters.sends++
   }
 
@@ -606,6 +685,7 @@ export class CrossDomainChannel {
   close(): void {
     if (this.#closed) return
     this.#closed = true
+    this.#rearmDue = false
     for (const [id, p] of this.#writePipes) this.#closeWritePipe(id, p)
     for (const [id, p] of this.#readPipes) this.#closeReadPipe(id, p)
     for (const fd of this.#pendingReadPipes.values()) sys.close(fd)

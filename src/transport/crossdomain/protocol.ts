@@ -251,7 +251,9 @@ export const writeSendInto = (
   ids: readonly Identifier[],
   data: Uint8Array,
   off: number,
-  len: number
+  len: number,
+  /** Identifier slots to write (the rest are zero from `ids.length` on); a caller reusing `out` may know fewer need clearing. */
+  slots: number = MAX_IDENTIFIERS
 ): number => {
   if (ids.length > MAX_IDENTIFIERS) throw new RangeError(`${ids.length} identifiers, at most ${MAX_IDENTIFIERS}`)
   if (len > MAX_SEND_DATA) throw new RangeError(`${len} bytes, at most ${MAX_SEND_DATA} per ${cmd === CMD_SEND ? "SEND" : "RECEIVE"}`)
@@ -261,7 +263,8 @@ export const writeSendInto = (
   writeHeader(d, 0, cmd, size)
   d.setUint32(SendOffset.numIdentifiers, ids.length, true)
   d.setUint32(SendOffset.opaqueDataSize, len, true)
-  for (let i = 0; i < MAX_IDENTIFIERS; i++) {
+  const n = Math.min(MAX_IDENTIFIERS, Math.max(slots, ids.length))
+  for (let i = 0; i < n; i++) {
     const id = ids[i]
     d.setUint32(SendOffset.identifiers + 4 * i, id === undefined ? 0 : id.id, true)
     d.setUint32(SendOffset.identifierTypes + 4 * i, id === undefined ? 0 : id.type, true)
