@@ -7,7 +7,8 @@
  */
 import { afterEach, beforeEach, describe, expect, it } from "@effect/vitest"
 import { sys } from "../../src/ffi/libc.js"
-import { bands, copyRegion, MAX_RECTS, Region, surfaceRectToBuffer, type BufferGeometry } from "../../src/transport/crossdomain/damage.js"
+import { readvSync } from "node:fs"
+import { bands, copyRegion, MAX_RECTS, readRegion, Region, surfaceRectToBuffer, type BufferGeometry } from "../../src/transport/crossdomain/damage.js"
 import { mapShared, memfdCreate } from "../../src/transport/memfd.js"
 import { openFds } from "../helpers/fds.js"
 
@@ -284,6 +285,7 @@ describe("row-span copies between memfd mappings", () => {
     const blob = mapShared(blobFd, blobSize)
     return {
       pool,
+      poolFd,
       blob,
       done: () => {
         pool.unmap()
@@ -302,9 +304,9 @@ describe("row-span copies between memfd mappings", () => {
     [W * BPP + 64, W * BPP, 256],
     [W * BPP, W * BPP + 12, 4]
   ] as const) {
-    it(`random damage, guest stride ${gs}, host stride ${hs}, offset ${off}: damaged pixels equal, others untouched, bytes exact`, () => {
+    it(`random damage, guest stride ${gs}, host stride ${hs}, offset ${off}: damaged pixels equal, others untouched, bytes exact (mapping and preadv)`, () => {
       const r = rng(gs + hs + off)
-      const { pool, blob, done } = setup(gs, hs, off)
+      const { pool, poolFd, blob, done } = setup(gs, hs, off)
       try {
         for (let round = 0; round < 50; round++) {
           fillRandom(pool.view, r)
@@ -318,7 +320,11 @@ describe("row-span copies between memfd mappings", () => {
           }
           const want = pixels(reg)
           const counts = { bytes: 0, rows: 0 }
-          const bytes = copyRegion({ view: pool.view, offset: off, stride: gs }, { view: blob.view, offset: 0, stride: hs }, BPP, reg, counts)
+          // Odd rounds read the pool's file (readRegion), even rounds its mapping (copyRegion).
+          const bytes =
+            round % 2 === 1
+              ? readRegion((bufs, pos) => readvSync(poolFd, bufs, pos), off, gs, { view: blob.view, offset: 0, stride: hs }, BPP, reg, counts)
+              : copyRegion({ view: pool.view, offset: off, stride: gs }, { view: blob.view, offset: 0, stride: hs }, BPP, reg, counts)
           // Region by region: damaged pixels equal the pool's, the others are untouched.
           const bad: string[] = []
           for (let y = 0; y < H; y++) {
@@ -360,6 +366,31 @@ describe("row-span copies between memfd mappings", () => {
       expect(copyRegion({ view: pool.view, offset: 0, stride: W * BPP }, { view: blob.view, offset: 0, stride: W * BPP }, BPP, reg, counts)).toBe(W * H * BPP)
       expect(counts.rows).toBe(H)
       expect(blob.view.subarray(0, W * H * BPP).every((v) => v === 7)).toBe(true)
+    } finally {
+      done()
+    }
+  })
+  it("preadv from a file that shrank: -1 (what was read so far is copied), never a fault", () => {
+    const gs = W * BPP
+    const { pool, poolFd, blob, done } = setup(gs, gs + 8, 0)
+    try {
+      pool.view.fill(7)
+      pool.unmap()
+      // Rows 0..9 remain; the damage reaches row 40.
+      sys.ftruncate(poolFd, gs * 10)
+      const full = new Region(W, H)
+      full.add(0, 0, W, 41)
+      const part = new Region(W, H)
+      part.add(3, 2, 20, 41)
+      for (const reg of [full, part]) {
+        blob.view.fill(0)
+        const counts = { bytes: 0, rows: 0 }
+        const n = readRegion((bufs, pos) => readvSync(poolFd, bufs, pos), 0, gs, { view: blob.view, offset: 0, stride: gs + 8 }, BPP, reg, counts)
+        expect(n).toBe(-1)
+        expect(counts.bytes).toBe(0)
+        // Row 2 was inside the file: copied.
+        expect(blob.view[2 * (gs + 8) + 3 * BPP]).toBe(7)
+      }
     } finally {
       done()
     }

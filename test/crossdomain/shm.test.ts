@@ -13,6 +13,7 @@
  * naming the request; nothing leaks.
  */
 import { afterEach, beforeEach, describe, expect, it } from "@effect/vitest"
+import { spawn } from "node:child_process"
 import { F_DUPFD_CLOEXEC, sys } from "../../src/ffi/libc.js"
 import { defaultRegistry } from "../../src/protocol/registry.js"
 import type { ArgValue, InterfaceDesc, UntypedNewId } from "../../src/protocol/types.js"
@@ -478,6 +479,43 @@ describe("shm copy path over the data path", () => {
       t.done()
     }
   })
+
+  it("a pool shrunk and regrown by another process while commits copy it: each commit copies or ends the client with the error, the proxy never faults", async () => {
+    const W = 256
+    const H = 256
+    const size = W * 4 * H
+    const pool = memfdCreate("racing-pool", size)
+    // Another process flips the file between 4 KiB and its full size as fast as it can.
+    const flipper = spawn("sh", ["-c", `while :; do truncate -s 4096 /proc/${process.pid}/fd/${pool}; truncate -s ${size} /proc/${process.pid}/fd/${pool}; done`], { stdio: "ignore" })
+    const outcomes = { copied: 0, refused: 0 }
+    try {
+      const deadline = Date.now() + 1500
+      while (Date.now() < deadline) {
+        const t = setup()
+        const dup = sys.fcntl(pool, F_DUPFD_CLOEXEC, 0)
+        t.sendFd(req(4, "wl_shm", "create_pool", [6, dup, size]), dup)
+        t.send(req(6, "wl_shm_pool", "create_buffer", [7, 0, W, H, W * 4, ARGB]), req(3, "wl_compositor", "create_surface", [8]))
+        for (let i = 0; i < 20 && t.ends.length === 0; i++) {
+          t.send(req(8, "wl_surface", "attach", [7, 0, 0]), req(8, "wl_surface", "damage", [0, 0, W, H]), req(8, "wl_surface", "commit", []))
+          if (t.ends.length === 0) outcomes.copied++
+        }
+        if (t.ends.length > 0) {
+          expect(t.ends[0]!._tag).toBe("ClientViolation")
+          outcomes.refused++
+        }
+        t.done()
+        // Let the flipper run.
+        await new Promise((r) => setTimeout(r, 1))
+      }
+    } finally {
+      flipper.kill("SIGKILL")
+      await new Promise((r) => flipper.once("exit", r))
+      sys.close(pool)
+    }
+    // Alive, and the race was real: some commits found the file short.
+    expect(outcomes.copied).toBeGreaterThan(0)
+    expect(outcomes.refused).toBeGreaterThan(0)
+  }, 30_000)
 
   it("protocol errors name the request: unknown format, format the host did not announce, bad stride, no host memory, truncated pool", () => {
     const errorOf = (t: ReturnType<typeof setup>) => {

@@ -13,8 +13,13 @@
  * - `bands` + `copyRegion`: the region as row bands of merged x-spans, copied row by row from the
  *   guest pool (guest stride) into the blob (host stride); a full-width band whose strides match
  *   is one contiguous copy.
+ * - `readRegion`: the same copy with the source read from a file by positioned vectored reads
+ *   instead of a mapping: a file that shrank gives a short read, where reading a mapping past the
+ *   end of its file raises SIGBUS (the whole process dies). The bytes between two rows' spans go
+ *   into a scratch buffer, so one call reads up to 512 rows.
  *
- * Not here: which buffer a surface shows or when a copy happens (shm.ts).
+ * Not here: which buffer a surface shows or when a copy happens (shm.ts); the reads themselves
+ * (the caller passes them in).
  */
 
 /** Rectangles kept per region before it collapses into their bounding box. */
@@ -361,6 +366,82 @@ export const copyRegion = (src: Plane, dst: Plane, bpp: number, region: Region, 
         continue
       }
       for (let y = y0; y < y1; y++, s += ss, d += ds) dv.set(sv.subarray(s, s + len), d)
+      bytes += len * (y1 - y0)
+      rows += y1 - y0
+    }
+  }
+  counts.bytes += bytes
+  counts.rows += rows
+  return bytes
+}
+
+/** `preadv(fd, buffers, position)`: bytes read (short at the end of the file). Throws on an error. */
+export type ReadvAt = (buffers: Uint8Array[], position: number) => number
+
+/** iovecs per call (IOV_MAX is 1024 on Linux); each row may take two (span, then gap). */
+const MAX_IOVECS = 1024
+let scratch = new Uint8Array(4096)
+
+/**
+ * Copies the pixels of `region` from a file (rows at `srcOffset + y × srcStride`) into `dst`, like
+ * `copyRegion`. Returns the bytes copied, or -1 when the file ended before the region did (what
+ * was read so far is in `dst`). Adds what it copied to `counts`.
+ */
+export const readRegion = (readv: ReadvAt, srcOffset: number, srcStride: number, dst: Plane, bpp: number, region: Region, counts: CopyCounts): number => {
+  if (region.isEmpty) return 0
+  const b = bands(region)
+  const dv = dst.view
+  const ss = srcStride
+  const ds = dst.stride
+  const rowBytes = region.width * bpp
+  let bytes = 0
+  let rows = 0
+  const iov: Uint8Array[] = []
+  let want = 0
+  let at = 0
+  const flush = (): boolean => {
+    if (iov.length === 0) return true
+    const n = readv(iov, at)
+    const ok = n >= want
+    iov.length = 0
+    want = 0
+    return ok
+  }
+  for (let i = 0; i < b.length; ) {
+    const y0 = b[i]!
+    const y1 = b[i + 1]!
+    const n = b[i + 2]!
+    i += 3
+    for (let k = 0; k < n; k++, i += 2) {
+      const xb0 = b[i]! * bpp
+      const xb1 = b[i + 1]! * bpp
+      const len = xb1 - xb0
+      const s = srcOffset + y0 * ss + xb0
+      let d = dst.offset + y0 * ds + xb0
+      if (ss === ds && xb0 === 0 && len === rowBytes) {
+        // Whole rows, same layout: one span.
+        const total = (y1 - y0 - 1) * ss + len
+        iov.push(dv.subarray(d, d + total))
+        want = total
+        at = s
+        if (!flush()) return -1
+        bytes += total
+        rows += y1 - y0
+        continue
+      }
+      const gap = ss - len
+      if (gap > scratch.length) scratch = new Uint8Array(gap)
+      for (let y = y0; y < y1; y++, d += ds) {
+        if (iov.length === 0) at = s + (y - y0) * ss
+        else if (gap > 0) {
+          iov.push(scratch.subarray(0, gap))
+          want += gap
+        }
+        iov.push(dv.subarray(d, d + len))
+        want += len
+        if (iov.length >= MAX_IOVECS - 1 && !flush()) return -1
+      }
+      if (!flush()) return -1
       bytes += len * (y1 - y0)
       rows += y1 - y0
     }

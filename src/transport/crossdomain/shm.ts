@@ -24,10 +24,10 @@
  *   committed buffer's accumulated region is copied row span by row span (damage.ts) and
  *   cleared. Counted in `ConnectionStats.copiedBytes` / `copyCommits`.
  *
- * The pool is read through its mapping; a client that shrinks its file under the proxy would
- * make a read fault (SIGBUS), so an unsealed pool's size is checked before each copy (a client
- * racing that check can still crash the proxy, as it could crash libwayland-server before it
- * grew its SIGBUS handler; pools sealed with F_SEAL_SHRINK skip the check).
+ * A pool sealed with F_SEAL_SHRINK is read through the proxy's mapping. Any other pool is read
+ * from its file with preadv: a client that shrinks the file under the proxy (even during a copy)
+ * then gets a short read and a `wl_shm.error.invalid_fd`, where a read through the mapping would
+ * fault with SIGBUS and kill the proxy with all its clients.
  *
  * Needs mapped shadow ids (`ctx.mappedIds`); without them it installs nothing and the fd check
  * refuses wl_shm pools. Not here: the fd check itself (hooks.ts), the device (channel.ts).
@@ -41,7 +41,8 @@ import { BLOB_FLAG_USE_MAPPABLE, BLOB_FLAG_USE_SHAREABLE, BLOB_MEM_HOST3D } from
 import { encodeMessage } from "../../wire/index.js"
 import { mapShared, type SharedMapping } from "../memfd.js"
 import type { CrossDomainChannel } from "./channel.js"
-import { bufferRectToBuffer, copyRegion, Region, surfaceRectToBuffer, type BufferGeometry, type CopyCounts, type Plane, type Viewport } from "./damage.js"
+import { readvSync } from "node:fs"
+import { bufferRectToBuffer, copyRegion, readRegion, Region, surfaceRectToBuffer, type BufferGeometry, type CopyCounts, type Plane, type ReadvAt, type Viewport } from "./damage.js"
 import type { HookContext, HookModule, HookTable } from "./module.js"
 
 // wl_shm.error (wayland.xml)
@@ -155,6 +156,11 @@ export const channelAllocator = (channel: CrossDomainChannel): ImageAllocator =>
 
 /** Where a copied buffer's pixels come from: a guest shm pool, or a mapped guest dma-buf. */
 export interface PixelSource {
+  /**
+   * When present, copies `region` into `dst` itself (instead of `begin`/`end` and a copy from
+   * memory): bytes copied, or why it could not (the client is then told).
+   */
+  readonly copyInto?: (dst: Plane, bpp: number, region: Region, counts: CopyCounts) => number | string
   /** The pixels to read now, or why they cannot be read (the client is then told). */
   begin(): Plane | string
   /** After the copy (unmaps what `begin` mapped). */
@@ -396,6 +402,18 @@ export const copyState = (ctx: HookContext, into: HookTable): CopyState => {
       c.dirty.addRegion(d)
     }
     if (c.dirty.isEmpty) return
+    const dst: Plane = { view: c.image.view, offset: c.image.offset, stride: c.image.stride }
+    if (c.source.copyInto !== undefined) {
+      if (c.dirty.full) counts.fullCopies++
+      const bytes = c.source.copyInto(dst, c.bpp, c.dirty, counts)
+      if (typeof bytes === "string") return violation(SHM_ERROR_INVALID_FD, bytes)
+      c.dirty.clear()
+      counts.commits++
+      const stats = m.connection.stats
+      stats.copiedBytes += bytes
+      stats.copyCommits++
+      return
+    }
     const src = c.source.begin()
     if (typeof src === "string") return violation(SHM_ERROR_INVALID_FD, src)
     try {
@@ -484,15 +502,38 @@ class GuestPool {
   }
 }
 
-/** A buffer's pixels in a guest pool: `offset + y × stride + x × bpp`. */
+/**
+ * A buffer's pixels in a guest pool: `offset + y × stride + x × bpp`. A pool sealed against
+ * shrinking is copied from the proxy's mapping; any other pool is read from its file with preadv
+ * (`readRegion`), so a client that shrinks the file, even while a copy runs, gets a short read
+ * and an error instead of killing the proxy with SIGBUS.
+ */
 const poolSource = (pool: GuestPool, offset: number, width: number, height: number, stride: number, bpp: number, clientId: () => number): PixelSource => {
   const end = offset + (height - 1) * stride + width * bpp
   let live = true
+  const truncated = (): string => {
+    const fileSize = sys.lseek(pool.fd, 0, SEEK_END)
+    return `the wl_shm pool of wl_buffer@${clientId()} was truncated to ${fileSize} bytes (the buffer ends at ${end})`
+  }
+  const readv: ReadvAt = (buffers, position) => readvSync(pool.fd, buffers, position)
   return {
+    ...(pool.sealed
+      ? {}
+      : {
+          copyInto: (dst: Plane, px: number, region: Region, counts: CopyCounts): number | string => {
+            let n: number
+            try {
+              n = readRegion(readv, offset, stride, dst, px, region, counts)
+            } catch (e) {
+              return `reading the wl_shm pool of wl_buffer@${clientId()} failed: ${describe(e)}`
+            }
+            return n < 0 ? truncated() : n
+          }
+        }),
     begin: () => {
       if (!pool.sealed) {
         const fileSize = sys.lseek(pool.fd, 0, SEEK_END)
-        if (fileSize >= 0 && fileSize < end) return `the wl_shm pool of wl_buffer@${clientId()} was truncated to ${fileSize} bytes (the buffer ends at ${end})`
+        if (fileSize >= 0 && fileSize < end) return truncated()
       }
       return { view: pool.mapping.view, offset, stride }
     },
