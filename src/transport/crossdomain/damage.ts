@@ -431,10 +431,11 @@ export const readRegion = (readv: ReadvAt, srcOffset: number, srcStride: number,
       }
       const gap = ss - len
       if (gap > scratch.length) scratch = new Uint8Array(gap)
+      const gapView = scratch.subarray(0, gap)
       for (let y = y0; y < y1; y++, d += ds) {
         if (iov.length === 0) at = s + (y - y0) * ss
         else if (gap > 0) {
-          iov.push(scratch.subarray(0, gap))
+          iov.push(gapView)
           want += gap
         }
         iov.push(dv.subarray(d, d + len))
