@@ -787,6 +787,9 @@ export class Connection {
       else this.hostViolation(why)
       return -1
     }
+    // A hook may end the connection itself (a write of its own failed): the batch's buffers are
+    // closed with it, so the walk stops here (end() closed the fds still queued).
+    if (this.ended) return -1
     switch (result._tag) {
       case "Forward":
         return size

@@ -297,6 +297,39 @@ describe("Connection (in-memory endpoints)", () => {
     expect(client.output().length).toBe(before)
   })
 
+  it("a hook that ends the connection itself stops the batch's walk: one end, nothing more forwarded", () => {
+    const sync = iface("wl_display").requests[0]!
+    const client = new MemoryEndpoint(true)
+    const host = new MemoryEndpoint(true)
+    const ends: ConnectionEndReason[] = []
+    let calls = 0
+    const conn: Connection = new Connection(client, host, {
+      id: 1,
+      registry,
+      deniedGlobals: new Set(),
+      limits: defaultLimits,
+      trace: null,
+      onBatch: null,
+      onEnd: (r) => ends.push(r),
+      hooks: {
+        requests: new Map([
+          [sync, (m) => {
+            calls++
+            // As a transport hook does when its own write to the client fails (EPIPE).
+            m.connection.end({ _tag: "ClientClosed" })
+            return { _tag: "Forward" }
+          }]
+        ]),
+        events: new Map()
+      }
+    })
+    client.feed(cat(req(1, "wl_display", "sync", [2]), req(1, "wl_display", "sync", [3])))
+    expect(conn.onClientReadable()).toBe(false)
+    expect(calls).toBe(1)
+    expect(ends).toEqual([{ _tag: "ClientClosed" }])
+    expect(host.output().length).toBe(0)
+  })
+
   it("waits for the rest of a split message", () => {
     const t = setup()
     const m = req(1, "wl_display", "sync", [3])
