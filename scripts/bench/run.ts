@@ -328,6 +328,26 @@ interface Target {
   readonly pids: () => number[]
   /** Memory right after start, before any client. */
   fresh: Memory | null
+  /**
+   * The proxy's log, where each client's last line says what it carried (`serve` at debug
+   * level); for cross-domain it gives the bytes copied from guest pools into host blobs.
+   */
+  readonly log?: string
+}
+
+const COPY_LINE = /client (\d+) disconnected \(.*; (\d+) bytes copied in (\d+) commits\)/g
+
+/** Copy figures of the last client that ended with any, once its line is in the log (≤ 2 s). */
+const lastCopyFigures = async (log: string, after: number): Promise<{ bytes: number; commits: number } | null> => {
+  for (let waited = 0; waited <= 2000; waited += 50) {
+    let last: RegExpExecArray | null = null
+    const text = readFileSync(log, "utf8").slice(after)
+    for (let m = COPY_LINE.exec(text); m !== null; m = COPY_LINE.exec(text)) last = m
+    COPY_LINE.lastIndex = 0
+    if (last !== null) return { bytes: Number(last[2]), commits: Number(last[3]) }
+    await sleep(50)
+  }
+  return null
 }
 
 const clientEnv = (runDir: string, display: string): NodeJS.ProcessEnv => {
@@ -430,7 +450,7 @@ const startCrossDomain = async (env: Env, weston: Weston, nodeArgs: (name: strin
   const child = startDaemon(
     env.settings,
     process.execPath,
-    [...nodeArgs("serve"), cliEntry(nodeArgs("serve")), "serve", sock, "--mode", "cross-domain", "--virtgpu", `emulated:${devicePath}`],
+    [...nodeArgs("serve"), cliEntry(nodeArgs("serve")), "serve", sock, "--mode", "cross-domain", "--virtgpu", `emulated:${devicePath}`, "--log-level", "debug"],
     { ...process.env, XDG_RUNTIME_DIR: env.runDir },
     log
   )
@@ -438,7 +458,7 @@ const startCrossDomain = async (env: Env, weston: Weston, nodeArgs: (name: strin
   // The guest proxy and the emulated host together are what the cross-domain path costs.
   const pids = (): number[] => [...nodeProxyPids(child)(), ...nodeProxyPids(host)()]
   return {
-    target: { name: "cross-domain", env: clientEnv(env.runDir, sock), pids, fresh: null },
+    target: { name: "cross-domain", env: clientEnv(env.runDir, sock), pids, fresh: null, log },
     processes: [
       { name: "serve", child },
       { name: "emulate-host", child: host }
@@ -530,6 +550,8 @@ const measures = (s: ReturnType<typeof sizes>): Measure[] => [
   },
   { key: "shm.partial.fps", label: `shm, partial damage ${s.shm.w / 4}×${s.shm.h / 4} (frames/s)`, mode: "shm-partial", field: "fps", higherIsBetter: true, targetLocal: ratioAtLeast(0.85) },
   { key: "shm.partial.mbs", label: "shm, partial damage (MB/s of frame data)", mode: "shm-partial", field: "mb_per_s", higherIsBetter: true },
+  { key: "shm.full.copied", label: `shm, full damage: bytes copied per commit (frame: ${s.shm.w * s.shm.h * 4})`, mode: "shm-full", field: "copied_bytes_per_commit", higherIsBetter: false, cpu: true },
+  { key: "shm.partial.copied", label: `shm, partial damage: bytes copied per commit (damage per frame: ${(s.shm.w / 4) * (s.shm.h / 4) * 4})`, mode: "shm-partial", field: "copied_bytes_per_commit", higherIsBetter: false, cpu: true },
   { key: "connect", label: "connect + registry + roundtrip, median (ms)", mode: "connect", field: "median_ms", higherIsBetter: false, targetLocal: { text: "≤ 1 ms", pass: (v) => v <= 1 } },
   { key: "cpu.roundtrip", label: "proxy CPU per roundtrip (µs)", mode: "roundtrip", field: "proxy_cpu_us", higherIsBetter: false, cpu: true },
   { key: "cpu.burst", label: "proxy CPU per burst request (µs)", mode: "burst", field: "proxy_cpu_us", higherIsBetter: false, cpu: true },
@@ -555,6 +577,15 @@ type Raw = Record<string, Record<string, Json[]>>
  * operation (roundtrip, request, sync or frame) to the client's result.
  */
 const runGated = async (env: Env, t: Target, args: readonly (string | number)[], onWindow?: (fromUs: number, toUs: number) => void): Promise<Json> => {
+  const logAt = t.log !== undefined && args[0] === "shm" ? statSync(t.log).size : -1
+  const res = await runGatedClient(env, t, args, onWindow)
+  if (logAt < 0) return res
+  // Whole connection, warm-up frames and each buffer's first full copy included.
+  const copy = await lastCopyFigures(t.log!, logAt)
+  return copy === null ? res : { ...res, copied_bytes_per_commit: copy.bytes / copy.commits }
+}
+
+const runGatedClient = async (env: Env, t: Target, args: readonly (string | number)[], onWindow?: (fromUs: number, toUs: number) => void): Promise<Json> => {
   const c = startInteractive(env, t, args, { BENCH_GATE: "1" })
   try {
     await c.next()

@@ -241,7 +241,7 @@ export const serve = (options: ServeOptions): Effect.Effect<Server, ServeError, 
       side: HostSide,
       id: number,
       onBatch: ConnectionOptions["onBatch"],
-      onEnded: (reason: ConnectionEndReason) => void
+      onEnded: (reason: ConnectionEndReason, stats: ConnectionStats) => void
     ): Connection => {
       const host = side.endpoint
       const clientHooks = side.hooks == null ? hooks : mergeHooks([side.hooks, ...(options.hooks ?? [])])
@@ -261,7 +261,7 @@ export const serve = (options: ServeOptions): Effect.Effect<Server, ServeError, 
           watches.length = 0
           live.delete(conn)
           addStats(ended, conn.stats)
-          onEnded(reason)
+          onEnded(reason, conn.stats)
         }
       })
       side.attach?.(conn)
@@ -341,7 +341,7 @@ export const serve = (options: ServeOptions): Effect.Effect<Server, ServeError, 
         const conn = wire(client, side.right, id, onBatch, (reason) => Deferred.unsafeDone(done, Exit.succeed(reason)))
         yield* Effect.addFinalizer(() => Effect.sync(() => conn.end({ _tag: "Shutdown" })))
         const reason = yield* Deferred.await(done)
-        yield* logEnd(id, reason)
+        yield* logEnd(id, reason, conn.stats)
       }).pipe(
         Effect.withSpan("sommelier.connection", {
           attributes: { "sommelier.client": id },
@@ -376,9 +376,9 @@ export const serve = (options: ServeOptions): Effect.Effect<Server, ServeError, 
         return
       }
       const release = opened.release
-      wire(client, opened.side, id, null, (reason) => {
+      wire(client, opened.side, id, null, (reason, stats) => {
         release()
-        runSync(logEnd(id, reason).pipe(Effect.annotateLogs({ client: id })))
+        runSync(logEnd(id, reason, stats).pipe(Effect.annotateLogs({ client: id })))
       })
     }
     const plainSetup = connector.connectSync !== undefined && options.batchSpans !== true ? connector.connectSync : null
@@ -556,12 +556,18 @@ const isDanglingLink = (path: string): boolean => {
   }
 }
 
-const logEnd = (id: number, reason: ConnectionEndReason): Effect.Effect<void> => {
+/** What a connection carried, for its last log line (the bench reads the copy figures from it). */
+const summary = (s: ConnectionStats): string =>
+  `${s.requests} requests, ${s.events} events, ${s.requestFds + s.eventFds} fds` +
+  (s.copyCommits > 0 ? `; ${s.copiedBytes} bytes copied in ${s.copyCommits} commits` : "")
+
+const logEnd = (id: number, reason: ConnectionEndReason, stats: ConnectionStats): Effect.Effect<void> => {
+  const carried = summary(stats)
   switch (reason._tag) {
     case "ClientClosed":
-      return Effect.logDebug(`client ${id} disconnected`)
+      return Effect.logDebug(`client ${id} disconnected (${carried})`)
     case "HostClosed":
-      return Effect.logInfo(`client ${id}: the host compositor closed its connection`)
+      return Effect.logInfo(`client ${id}: the host compositor closed its connection (${carried})`)
     case "ClientViolation":
       return Effect.logWarning(
         `client ${id} cut: protocol error on ${reason.violation.interface}@${reason.violation.objectId} (code ${reason.violation.code}): ${reason.violation.message}`
@@ -573,6 +579,6 @@ const logEnd = (id: number, reason: ConnectionEndReason): Effect.Effect<void> =>
     case "IoError":
       return Effect.logWarning(`client ${id} ended: ${reason.message}`)
     case "Shutdown":
-      return Effect.logDebug(`client ${id} closed at shutdown`)
+      return Effect.logDebug(`client ${id} closed at shutdown (${carried})`)
   }
 }
