@@ -5,7 +5,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { defaultRegistry } from "../../src/protocol/registry.js"
 import type { ArgValue } from "../../src/protocol/types.js"
-import { Connection, defaultDeniedGlobals, defaultLimits, setFdCloser } from "../../src/proxy/connection.js"
+import { Connection, type ConnectionHooks, defaultDeniedGlobals, defaultLimits, setFdCloser } from "../../src/proxy/connection.js"
 import type { ConnectionEndReason } from "../../src/proxy/errors.js"
 import { MemoryEndpoint } from "../../src/proxy/memory.js"
 import { ObjectState } from "../../src/shadow/table.js"
@@ -77,6 +77,24 @@ const setup = () => {
     return r._tag === "Ok" ? r.args : undefined
   }
   return { client, host, conn, ends, fromClient, fromHost, displayError }
+}
+
+/** A connection with hand-written hooks and no denied globals. */
+const hooked = (hooks: ConnectionHooks) => {
+  const client = new MemoryEndpoint(true)
+  const host = new MemoryEndpoint(true)
+  const ends: ConnectionEndReason[] = []
+  const conn = new Connection(client, host, {
+    id: 1,
+    registry,
+    deniedGlobals: new Set(),
+    limits: defaultLimits,
+    trace: null,
+    onBatch: null,
+    onEnd: (r) => ends.push(r),
+    hooks
+  })
+  return { client, host, conn, ends }
 }
 
 /** A connection with a registry (id 2) that has seen the host's globals. */
@@ -251,26 +269,15 @@ describe("Connection (in-memory endpoints)", () => {
     const shmCreatePool = iface("wl_shm").requests[0]!
     const keymap = iface("wl_keyboard").events[0]!
     const seen: number[][] = []
-    const client = new MemoryEndpoint(true)
-    const host = new MemoryEndpoint(true)
-    const conn = new Connection(client, host, {
-      id: 1,
-      registry,
-      deniedGlobals: new Set(),
-      limits: defaultLimits,
-      trace: null,
-      onBatch: null,
-      onEnd: () => {},
-      hooks: {
-        requests: new Map([
-          [shmCreatePool, (m) => {
-            seen.push([...m.fds])
-            closed.push(...m.fds)
-            return { _tag: "Replace", messages: [{ objectId: m.entry.hostId, desc: m.desc, args: [m.args[0]!, 900, 8192] }] }
-          }]
-        ]),
-        events: new Map([[keymap, () => ({ _tag: "Drop" })]])
-      }
+    const { client, host, conn } = hooked({
+      requests: new Map([
+        [shmCreatePool, (m) => {
+          seen.push([...m.fds])
+          closed.push(...m.fds)
+          return { _tag: "Replace", messages: [{ objectId: m.entry.hostId, desc: m.desc, args: [m.args[0]!, 900, 8192] }] }
+        }]
+      ]),
+      events: new Map([[keymap, () => ({ _tag: "Drop" })]])
     })
     client.feed(cat(req(1, "wl_display", "get_registry", [2])))
     conn.onClientReadable()
@@ -299,29 +306,17 @@ describe("Connection (in-memory endpoints)", () => {
 
   it("a hook that ends the connection itself stops the batch's walk: one end, nothing more forwarded", () => {
     const sync = iface("wl_display").requests[0]!
-    const client = new MemoryEndpoint(true)
-    const host = new MemoryEndpoint(true)
-    const ends: ConnectionEndReason[] = []
     let calls = 0
-    const conn: Connection = new Connection(client, host, {
-      id: 1,
-      registry,
-      deniedGlobals: new Set(),
-      limits: defaultLimits,
-      trace: null,
-      onBatch: null,
-      onEnd: (r) => ends.push(r),
-      hooks: {
-        requests: new Map([
-          [sync, (m) => {
-            calls++
-            // As a transport hook does when its own write to the client fails (EPIPE).
-            m.connection.end({ _tag: "ClientClosed" })
-            return { _tag: "Forward" }
-          }]
-        ]),
-        events: new Map()
-      }
+    const { client, host, conn, ends } = hooked({
+      requests: new Map([
+        [sync, (m) => {
+          calls++
+          // As a transport hook does when its own write to the client fails (EPIPE).
+          m.connection.end({ _tag: "ClientClosed" })
+          return { _tag: "Forward" }
+        }]
+      ]),
+      events: new Map()
     })
     client.feed(cat(req(1, "wl_display", "sync", [2]), req(1, "wl_display", "sync", [3])))
     expect(conn.onClientReadable()).toBe(false)

@@ -332,20 +332,26 @@ export interface CopyCounts {
 }
 
 /**
- * Copies the pixels of `region` from `src` into `dst` (same width, height and bytes per pixel;
- * strides may differ). Adds what it copied to `counts` and returns the bytes copied.
- * The caller guarantees both planes hold every row: offset + (height − 1) × stride + width × bpp.
+ * Walks `region` span by span in bytes, for a source and a destination with the given strides:
+ * a band of whole rows where both layouts match is one run (the stride padding between rows
+ * rides along: `run(y0, xb0 = 0, total)`), any other band is one call per row span
+ * (`rows(y0, y1, xb0, len)`). A visitor returning false stops the walk: -1. Otherwise adds the
+ * bytes and rows visited to `counts` and returns the bytes.
  */
-export const copyRegion = (src: Plane, dst: Plane, bpp: number, region: Region, counts: CopyCounts): number => {
+const walkSpans = (
+  region: Region,
+  bpp: number,
+  srcStride: number,
+  dstStride: number,
+  counts: CopyCounts,
+  run: (y0: number, total: number) => boolean,
+  rows: (y0: number, y1: number, xb0: number, len: number) => boolean
+): number => {
   if (region.isEmpty) return 0
   const b = bands(region)
-  const sv = src.view
-  const dv = dst.view
-  const ss = src.stride
-  const ds = dst.stride
   const rowBytes = region.width * bpp
   let bytes = 0
-  let rows = 0
+  let visited = 0
   for (let i = 0; i < b.length; ) {
     const y0 = b[i]!
     const y1 = b[i + 1]!
@@ -353,26 +359,46 @@ export const copyRegion = (src: Plane, dst: Plane, bpp: number, region: Region, 
     i += 3
     for (let k = 0; k < n; k++, i += 2) {
       const xb0 = b[i]! * bpp
-      const xb1 = b[i + 1]! * bpp
-      const len = xb1 - xb0
-      let s = src.offset + y0 * ss + xb0
-      let d = dst.offset + y0 * ds + xb0
-      if (ss === ds && xb0 === 0 && len === rowBytes) {
-        // Whole rows, same layout: one span (the stride padding between rows rides along).
-        const total = (y1 - y0 - 1) * ss + len
-        dv.set(sv.subarray(s, s + total), d)
+      const len = b[i + 1]! * bpp - xb0
+      if (srcStride === dstStride && xb0 === 0 && len === rowBytes) {
+        const total = (y1 - y0 - 1) * srcStride + len
+        if (!run(y0, total)) return -1
         bytes += total
-        rows += y1 - y0
-        continue
+      } else {
+        if (!rows(y0, y1, xb0, len)) return -1
+        bytes += len * (y1 - y0)
       }
-      for (let y = y0; y < y1; y++, s += ss, d += ds) dv.set(sv.subarray(s, s + len), d)
-      bytes += len * (y1 - y0)
-      rows += y1 - y0
+      visited += y1 - y0
     }
   }
   counts.bytes += bytes
-  counts.rows += rows
+  counts.rows += visited
   return bytes
+}
+
+/**
+ * Copies the pixels of `region` from `src` into `dst` (same width, height and bytes per pixel;
+ * strides may differ). Adds what it copied to `counts` and returns the bytes copied.
+ * The caller guarantees both planes hold every row: offset + (height − 1) × stride + width × bpp.
+ */
+export const copyRegion = (src: Plane, dst: Plane, bpp: number, region: Region, counts: CopyCounts): number => {
+  const sv = src.view
+  const dv = dst.view
+  const ss = src.stride
+  const ds = dst.stride
+  return walkSpans(region, bpp, ss, ds, counts,
+    (y0, total) => {
+      const s = src.offset + y0 * ss
+      dv.set(sv.subarray(s, s + total), dst.offset + y0 * ds)
+      return true
+    },
+    (y0, y1, xb0, len) => {
+      let s = src.offset + y0 * ss + xb0
+      let d = dst.offset + y0 * ds + xb0
+      for (let y = y0; y < y1; y++, s += ss, d += ds) dv.set(sv.subarray(s, s + len), d)
+      return true
+    }
+  )
 }
 
 /** `preadv(fd, buffers, position)`: bytes read (short at the end of the file). Throws on an error. */
@@ -388,14 +414,9 @@ let scratch = new Uint8Array(4096)
  * was read so far is in `dst`). Adds what it copied to `counts`.
  */
 export const readRegion = (readv: ReadvAt, srcOffset: number, srcStride: number, dst: Plane, bpp: number, region: Region, counts: CopyCounts): number => {
-  if (region.isEmpty) return 0
-  const b = bands(region)
   const dv = dst.view
   const ss = srcStride
   const ds = dst.stride
-  const rowBytes = region.width * bpp
-  let bytes = 0
-  let rows = 0
   const iov: Uint8Array[] = []
   let want = 0
   let at = 0
@@ -407,28 +428,18 @@ export const readRegion = (readv: ReadvAt, srcOffset: number, srcStride: number,
     want = 0
     return ok
   }
-  for (let i = 0; i < b.length; ) {
-    const y0 = b[i]!
-    const y1 = b[i + 1]!
-    const n = b[i + 2]!
-    i += 3
-    for (let k = 0; k < n; k++, i += 2) {
-      const xb0 = b[i]! * bpp
-      const xb1 = b[i + 1]! * bpp
-      const len = xb1 - xb0
+  return walkSpans(region, bpp, ss, ds, counts,
+    (y0, total) => {
+      const d = dst.offset + y0 * ds
+      iov.push(dv.subarray(d, d + total))
+      want = total
+      at = srcOffset + y0 * ss
+      return flush()
+    },
+    (y0, y1, xb0, len) => {
+      // One preadv per band: the source's bytes between two spans go to a scratch buffer.
       const s = srcOffset + y0 * ss + xb0
       let d = dst.offset + y0 * ds + xb0
-      if (ss === ds && xb0 === 0 && len === rowBytes) {
-        // Whole rows, same layout: one span.
-        const total = (y1 - y0 - 1) * ss + len
-        iov.push(dv.subarray(d, d + total))
-        want = total
-        at = s
-        if (!flush()) return -1
-        bytes += total
-        rows += y1 - y0
-        continue
-      }
       const gap = ss - len
       if (gap > scratch.length) scratch = new Uint8Array(gap)
       const gapView = scratch.subarray(0, gap)
@@ -440,14 +451,9 @@ export const readRegion = (readv: ReadvAt, srcOffset: number, srcStride: number,
         }
         iov.push(dv.subarray(d, d + len))
         want += len
-        if (iov.length >= MAX_IOVECS - 1 && !flush()) return -1
+        if (iov.length >= MAX_IOVECS - 1 && !flush()) return false
       }
-      if (!flush()) return -1
-      bytes += len * (y1 - y0)
-      rows += y1 - y0
+      return flush()
     }
-  }
-  counts.bytes += bytes
-  counts.rows += rows
-  return bytes
+  )
 }
