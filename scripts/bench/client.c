@@ -7,6 +7,8 @@
  *   burst N                   N wl_surface.damage on a role-less surface, then one roundtrip (req/s)
  *   sync N WINDOW             N pipelined wl_display.sync, at most WINDOW in flight, all awaited (req/s)
  *   shm W H FRAMES full|partial MAXSECONDS
+ *                             (pools sealed with F_SEAL_SHRINK like weston's clients make them;
+ *                             BENCH_UNSEALED=1 in the environment: plain memfds)
  *                             a mapped W×H toplevel, two shm buffers; each frame: wait until the
  *                             buffer is released, fill the damaged rectangle, attach+damage+commit
  *                             (frames/s, MB/s of damaged frame data); stops after FRAMES frames or
@@ -32,6 +34,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -159,13 +162,23 @@ static void buffer_release(void *data, struct wl_buffer *b) {
 }
 static const struct wl_buffer_listener buffer_listener = {buffer_release};
 
+/* Pools are sealed against shrinking, as weston's clients and libwayland-cursor make them
+ * (os_create_anonymous_file: MFD_ALLOW_SEALING, then F_SEAL_SHRINK | F_SEAL_SEAL); BENCH_UNSEALED=1
+ * makes a plain memfd instead (a proxy must then read such a pool defensively). */
+static int unsealed_pools(void) {
+  const char *v = getenv("BENCH_UNSEALED");
+  return v != NULL && strcmp(v, "1") == 0;
+}
+
 /* Creates `count` W×H ARGB8888 buffers in one memfd pool. */
 static void make_buffers(struct conn *c, int w, int h, struct buffer *out, int count) {
   int stride = w * 4;
   size_t one = (size_t)stride * (size_t)h;
   size_t size = one * (size_t)count;
-  int fd = memfd_create("bench-client", MFD_CLOEXEC);
+  int unsealed = unsealed_pools();
+  int fd = memfd_create("bench-client", MFD_CLOEXEC | (unsealed ? 0 : MFD_ALLOW_SEALING));
   if (fd < 0 || ftruncate(fd, (off_t)size) < 0) die("memfd");
+  if (!unsealed && fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_SEAL) < 0) die("F_ADD_SEALS");
   uint8_t *map = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   if (map == MAP_FAILED) die("mmap");
   memset(map, 0x80, size);

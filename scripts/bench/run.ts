@@ -551,6 +551,7 @@ const measures = (s: ReturnType<typeof sizes>): Measure[] => [
     higherIsBetter: true,
     targetCrossDomain: { text: "≥ 1500 MB/s", pass: (v) => v >= 1500 }
   },
+  { key: "shm.full.unsealed.mbs", label: "shm, full damage, pool not sealed (MB/s of frame data)", mode: "shm-full-unsealed", field: "mb_per_s", higherIsBetter: true },
   { key: "shm.partial.fps", label: `shm, partial damage ${s.shm.w / 4}×${s.shm.h / 4} (frames/s)`, mode: "shm-partial", field: "fps", higherIsBetter: true, targetLocal: ratioAtLeast(0.85) },
   { key: "shm.partial.mbs", label: "shm, partial damage (MB/s of frame data)", mode: "shm-partial", field: "mb_per_s", higherIsBetter: true },
   { key: "shm.full.copied", label: `shm, full damage: bytes copied per commit (frame: ${s.shm.w * s.shm.h * 4})`, mode: "shm-full", field: "copied_bytes_per_commit", higherIsBetter: false, cpu: true },
@@ -568,28 +569,32 @@ const modeArgs = (s: ReturnType<typeof sizes>): Record<string, (string | number)
   burst: ["burst", s.burst],
   sync: ["sync", s.sync.n, s.sync.window],
   "shm-full": ["shm", s.shm.w, s.shm.h, s.shm.fullFrames, "full", s.shm.maxSeconds],
+  "shm-full-unsealed": ["shm", s.shm.w, s.shm.h, s.shm.fullFrames, "full", s.shm.maxSeconds],
   "shm-partial": ["shm", s.shm.w, s.shm.h, s.shm.partialFrames, "partial", s.shm.maxSeconds],
   connect: ["connect", s.connect.n, s.connect.warm]
 })
 
 type Raw = Record<string, Record<string, Json[]>>
 
+/** Environment a mode's client needs beyond the target's. */
+const modeEnv: Record<string, NodeJS.ProcessEnv> = { "shm-full-unsealed": { BENCH_UNSEALED: "1" } }
+
 /**
  * One gated client run (BENCH_GATE=1): the proxy's CPU time is read just before and just after
  * the timed part, so connection set-up and teardown stay out of it. Adds `proxy_cpu_us` per
  * operation (roundtrip, request, sync or frame) to the client's result.
  */
-const runGated = async (env: Env, t: Target, args: readonly (string | number)[], onWindow?: (fromUs: number, toUs: number) => void): Promise<Json> => {
+const runGated = async (env: Env, t: Target, args: readonly (string | number)[], onWindow?: (fromUs: number, toUs: number) => void, extraEnv: NodeJS.ProcessEnv = {}): Promise<Json> => {
   const logAt = t.log !== undefined && args[0] === "shm" ? statSync(t.log).size : -1
-  const res = await runGatedClient(env, t, args, onWindow)
+  const res = await runGatedClient(env, t, args, onWindow, extraEnv)
   if (logAt < 0) return res
   // Whole connection, warm-up frames and each buffer's first full copy included.
   const copy = await lastCopyFigures(t.log!, logAt)
   return copy === null ? res : { ...res, copied_bytes_per_commit: copy.bytes / copy.commits }
 }
 
-const runGatedClient = async (env: Env, t: Target, args: readonly (string | number)[], onWindow?: (fromUs: number, toUs: number) => void): Promise<Json> => {
-  const c = startInteractive(env, t, args, { BENCH_GATE: "1" })
+const runGatedClient = async (env: Env, t: Target, args: readonly (string | number)[], onWindow?: (fromUs: number, toUs: number) => void, extraEnv: NodeJS.ProcessEnv = {}): Promise<Json> => {
+  const c = startInteractive(env, t, args, { ...extraEnv, BENCH_GATE: "1" })
   try {
     await c.next()
     const pids = t.pids()
@@ -633,7 +638,7 @@ const runModes = async (env: Env, targets: readonly Target[], s: ReturnType<type
     for (const t of targets) {
       try {
         if (mode === "connect") await runConnect(env, t, args[mode]!)
-        else await runGated(env, t, args[mode]!)
+        else await runGated(env, t, args[mode]!, undefined, modeEnv[mode])
       } catch (e) {
         errors.push(`warm-up: ${(e as Error).message}`)
       }
@@ -648,7 +653,7 @@ const runModes = async (env: Env, targets: readonly Target[], s: ReturnType<type
       for (let k = 0; k < targets.length; k++) {
         const t = targets[(k + r + mi) % targets.length]!
         try {
-          const res = mode === "connect" ? await runConnect(env, t, args[mode]!) : await runGated(env, t, args[mode]!)
+          const res = mode === "connect" ? await runConnect(env, t, args[mode]!) : await runGated(env, t, args[mode]!, undefined, modeEnv[mode])
           raw[t.name]![mode]!.push(res)
         } catch (e) {
           errors.push((e as Error).message)
@@ -940,7 +945,7 @@ const runProfiles = async (env: Env, weston: Weston, which: readonly TargetName[
         // Gated runs: only the timed part of each (no connection set-up); connect is all set-up.
         for (let i = 0; i < 3; i++) {
           if (mode === "connect") await runClient(env, started.target, args[mode]!)
-          else await runGated(env, started.target, args[mode]!, (a, b) => windows.push([a, b]))
+          else await runGated(env, started.target, args[mode]!, (a, b) => windows.push([a, b]), modeEnv[mode])
         }
       } catch (e) {
         console.log(`profile ${tag}: ${(e as Error).message.split("\n")[0]}`)
