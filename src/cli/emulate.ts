@@ -6,7 +6,7 @@
 import { Command, Options } from "@effect/cli"
 import { Effect, Option } from "effect"
 import { resolve } from "node:path"
-import { CHANNEL_TYPE_WAYLAND } from "../emulator/crossdomain.js"
+import { CHANNEL_TYPE_WAYLAND } from "../transport/crossdomain/protocol.js"
 import { startEmulator } from "../emulator/server.js"
 import { hostDisplayPath, ServeError } from "../proxy/paths.js"
 import * as Reactor from "../transport/reactor.js"

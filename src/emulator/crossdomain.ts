@@ -36,29 +36,30 @@ import { connectUnix, SocketEndpoint } from "../transport/socket.js"
 import { imageRequirements, MAP_ACCESS_RW, type ImageRequirements } from "./formats.js"
 import { MsgIo } from "./msg.js"
 
-// Cross-domain protocol (spec §3)
-export const CMD_INIT = 1
-export const CMD_GET_IMAGE_REQUIREMENTS = 2
-export const CMD_POLL = 3
-export const CMD_SEND = 4
-export const CMD_RECEIVE = 5
-export const CMD_READ = 6
-export const CMD_WRITE = 7
-export const CHANNEL_TYPE_WAYLAND = 1
-export const CHANNEL_TYPE_INTERNAL_SOCKET = 0xffffffff
-export const ID_TYPE_VIRTGPU_BLOB = 1
-export const ID_TYPE_READ_PIPE = 3
-export const ID_TYPE_WRITE_PIPE = 4
-export const ID_TYPE_EVENT = 5
-export const ID_TYPE_SOCKET = 7
-export const QUERY_RING = 0
-export const CHANNEL_RING = 1
-export const PIPE_READ_START = 0x80000000
-export const MAX_IDENTIFIERS = 28
-export const SEND_RECEIVE_HEADER = 352
-export const READ_WRITE_HEADER = 24
-export const MAX_SEND_RECEIVE_DATA = 4096 - SEND_RECEIVE_HEADER
-export const IMAGE_REQUIREMENTS_SIZE = 64
+// Cross-domain protocol (spec §3): the same wire constants the guest side encodes with.
+import {
+  CHANNEL_RING,
+  CHANNEL_TYPE_INTERNAL_SOCKET,
+  CMD_GET_IMAGE_REQUIREMENTS,
+  CMD_INIT,
+  CMD_POLL,
+  CMD_READ,
+  CMD_RECEIVE,
+  CMD_SEND,
+  CMD_WRITE,
+  ID_TYPE_EVENT,
+  ID_TYPE_READ_PIPE,
+  ID_TYPE_SOCKET,
+  ID_TYPE_VIRTGPU_BLOB,
+  ID_TYPE_WRITE_PIPE,
+  IMAGE_REQUIREMENTS_SIZE,
+  MAX_IDENTIFIERS,
+  MAX_SEND_DATA,
+  PIPE_READ_START,
+  QUERY_RING,
+  READ_WRITE_HEADER_SIZE,
+  SEND_HEADER_SIZE
+} from "../transport/crossdomain/protocol.js"
 
 /** A fence created by the device for this context; `gpu.ts` owns what signalling means. */
 export interface Fence {
@@ -139,7 +140,7 @@ export class CrossDomainContext<F extends Fence = Fence> {
   #halted = false
   #eof = false
   #destroyed = false
-  readonly #io = new MsgIo(MAX_SEND_RECEIVE_DATA)
+  readonly #io = new MsgIo(MAX_SEND_DATA)
 
   constructor(id: number, host: CrossDomainHost, signal: (fence: F) => void) {
     this.id = id
@@ -318,11 +319,11 @@ export class CrossDomainContext<F extends Fence = Fence> {
   }
 
   #send(rest: Uint8Array): void {
-    this.#need(rest, SEND_RECEIVE_HEADER, "SEND")
+    this.#need(rest, SEND_HEADER_SIZE, "SEND")
     const num = u32(rest, 8)
     const size = u32(rest, 12)
-    if (SEND_RECEIVE_HEADER + size > rest.length) throw new CommandError(`SEND: opaque_data_size ${size} runs past the buffer`)
-    const data = rest.subarray(SEND_RECEIVE_HEADER, SEND_RECEIVE_HEADER + size)
+    if (SEND_HEADER_SIZE + size > rest.length) throw new CommandError(`SEND: opaque_data_size ${size} runs past the buffer`)
+    const data = rest.subarray(SEND_HEADER_SIZE, SEND_HEADER_SIZE + size)
     if (num > MAX_IDENTIFIERS) throw new CommandError(`SEND: ${num} identifiers, at most ${MAX_IDENTIFIERS}`)
     const fds: number[] = []
     let readPipeId: number | null = null
@@ -386,12 +387,12 @@ export class CrossDomainContext<F extends Fence = Fence> {
   }
 
   #write(rest: Uint8Array): void {
-    this.#need(rest, READ_WRITE_HEADER, "WRITE")
+    this.#need(rest, READ_WRITE_HEADER_SIZE, "WRITE")
     const id = u32(rest, 8)
     const hangUp = u32(rest, 12)
     const size = u32(rest, 16)
-    if (READ_WRITE_HEADER + size > rest.length) throw new CommandError(`WRITE: opaque_data_size ${size} runs past the buffer`)
-    const data = rest.subarray(READ_WRITE_HEADER, READ_WRITE_HEADER + size)
+    if (READ_WRITE_HEADER_SIZE + size > rest.length) throw new CommandError(`WRITE: opaque_data_size ${size} runs past the buffer`)
+    const data = rest.subarray(READ_WRITE_HEADER_SIZE, READ_WRITE_HEADER_SIZE + size)
     const item = this.#items.get(id)
     if (item === undefined) throw new CommandError(`WRITE: no item ${id}`)
     if (item.kind === "event") {
@@ -547,7 +548,7 @@ export class CrossDomainContext<F extends Fence = Fence> {
   /** One recvmsg → one RECEIVE in the channel ring → signal the oldest pending fence. */
   #receive(fd: number): void {
     const io = this.#io
-    const n = io.recv(fd, MSG_DONTWAIT | MSG_CMSG_CLOEXEC, MAX_SEND_RECEIVE_DATA)
+    const n = io.recv(fd, MSG_DONTWAIT | MSG_CMSG_CLOEXEC, MAX_SEND_DATA)
     if (n === -Errno.EAGAIN) return
     if (n < 0) return this.#halt(`recvmsg: ${errnoText(-n)}`)
     if (io.truncated) {
@@ -568,8 +569,8 @@ export class CrossDomainContext<F extends Fence = Fence> {
     }
     const ring = this.#resources.get(this.#state!.channelRingId)?.guestView ?? null
     if (ring === null) return this.#halt(`channel ring ${this.#state!.channelRingId} is not attached`)
-    if (ring.length < SEND_RECEIVE_HEADER + n) return this.#halt("channel ring too small")
-    ring.fill(0, 0, SEND_RECEIVE_HEADER)
+    if (ring.length < SEND_HEADER_SIZE + n) return this.#halt("channel ring too small")
+    ring.fill(0, 0, SEND_HEADER_SIZE)
     const v = this.#ringView(ring)
     v.setUint8(0, CMD_RECEIVE)
     v.setUint32(8, ids.length, true)
@@ -580,7 +581,7 @@ export class CrossDomainContext<F extends Fence = Fence> {
       v.setUint32(128 + 4 * i, type, true)
       v.setUint32(240 + 4 * i, size, true)
     }
-    ring.set(io.inBuf.subarray(0, n), SEND_RECEIVE_HEADER)
+    ring.set(io.inBuf.subarray(0, n), SEND_HEADER_SIZE)
     // rutabaga 2026: EOF (nothing read, no fds) still answers with an empty RECEIVE.
     if (n === 0 && ids.length === 0 && !this.#eof) {
       this.#eof = true
@@ -643,12 +644,12 @@ export class CrossDomainContext<F extends Fence = Fence> {
     if (!this.#armed) return this.#setWatch(item, 0, item.onReady)
     const ring = this.#resources.get(this.#state!.channelRingId)?.guestView ?? null
     if (ring === null) return this.#halt(`channel ring ${this.#state!.channelRingId} is not attached`)
-    if (ring.length <= READ_WRITE_HEADER) return this.#halt("channel ring too small")
-    const n = sys.read(item.fd, ring.subarray(READ_WRITE_HEADER), ring.length - READ_WRITE_HEADER)
+    if (ring.length <= READ_WRITE_HEADER_SIZE) return this.#halt("channel ring too small")
+    const n = sys.read(item.fd, ring.subarray(READ_WRITE_HEADER_SIZE), ring.length - READ_WRITE_HEADER_SIZE)
     if (n === -Errno.EAGAIN) return
     if (n < 0) return this.#halt(`read pipe ${id}: ${errnoText(-n)}`)
     const v = this.#ringView(ring)
-    for (let k = 0; k < READ_WRITE_HEADER; k += 4) v.setUint32(k, 0, true)
+    for (let k = 0; k < READ_WRITE_HEADER_SIZE; k += 4) v.setUint32(k, 0, true)
     v.setUint8(0, CMD_READ)
     v.setUint32(8, id, true)
     v.setUint32(12, n === 0 ? 1 : 0, true)

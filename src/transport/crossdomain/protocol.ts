@@ -22,6 +22,8 @@ export const CMD_WRITE = 7
 // Channel types (INIT.channel_type); supported_channels has bit (1 << type).
 export const CHANNEL_TYPE_WAYLAND = 1
 export const CHANNEL_TYPE_CAMERA = 2
+/** crosvm's internal sockets; no guest proxy asks for it (the emulator refuses it). */
+export const CHANNEL_TYPE_INTERNAL_SOCKET = 0xffffffff
 
 // Identifier types in SEND/RECEIVE.
 export const ID_TYPE_VIRTGPU_BLOB = 1
@@ -29,6 +31,9 @@ export const ID_TYPE_VIRTGPU_BLOB = 1
 export const ID_TYPE_VIRTGPU_SYNC = 2
 export const ID_TYPE_READ_PIPE = 3
 export const ID_TYPE_WRITE_PIPE = 4
+/** Host-to-guest only: an eventfd, or a socket, the compositor passed (spec §3). */
+export const ID_TYPE_EVENT = 5
+export const ID_TYPE_SOCKET = 7
 
 // Context rings.
 export const QUERY_RING = 0
