@@ -13,6 +13,7 @@
  * Not here: the request encoding (`protocol.ts`).
  */
 import { Errno, syscallError, SyscallError } from "../ffi/errno.js"
+import { connectUnixSync, sockaddrUn } from "../transport/socket.js"
 import {
   addressOf,
   sys,
@@ -148,28 +149,17 @@ export class MsgIo {
 // -------------------------------------------------------------------------------------------------
 // SOCK_SEQPACKET sockets
 
-const sockaddr = (op: string, path: string): { addr: Uint8Array; len: number } => {
-  const bytes = Buffer.from(path, "utf8")
-  if (bytes.length === 0 || bytes.length > 107 || bytes.includes(0))
-    throw syscallError(op, bytes.length > 107 ? Errno.ENAMETOOLONG : Errno.EINVAL, `socket path ${JSON.stringify(path)}`)
-  const addr = new Uint8Array(110)
-  addr[0] = AF_UNIX
-  addr.set(bytes, 2)
-  return { addr, len: 2 + bytes.length + 1 }
+const sockaddr = (op: string, path: string): { readonly addr: Uint8Array; readonly len: number } => {
+  const sa = sockaddrUn(op, path)
+  if (sa instanceof SyscallError) throw sa
+  return sa
 }
 
 /** A connected SEQPACKET socket. Blocking unless `nonBlocking`. Throws SyscallError. */
 export const connectSeqpacket = (path: string, nonBlocking = false): number => {
-  const sa = sockaddr("connect", path)
-  const fd = sys.socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | (nonBlocking ? SOCK_NONBLOCK : 0), 0)
-  if (fd < 0) throw syscallError("socket", -fd)
-  for (;;) {
-    const r = sys.connect(fd, sa.addr, sa.len)
-    if (r === 0) return fd
-    if (r === -Errno.EINTR) continue
-    sys.close(fd)
-    throw syscallError("connect", -r, path)
-  }
+  const fd = connectUnixSync(path, SOCK_SEQPACKET | (nonBlocking ? SOCK_NONBLOCK : 0))
+  if (fd instanceof SyscallError) throw fd
+  return fd
 }
 
 const setTimeout_ = (fd: number, name: number, ms: number): number => {

@@ -442,7 +442,8 @@ export class SocketEndpoint {
 /** sun_path is 108 bytes and must hold the NUL too (libwayland's rule). */
 export const SUN_PATH_MAX = 107
 
-const sockaddrUn = (syscall: string, path: string): { readonly addr: Uint8Array; readonly len: number } | SyscallError => {
+/** A sockaddr_un for `path` and its length, or the error naming `syscall` (empty, NUL, too long). */
+export const sockaddrUn = (syscall: string, path: string): { readonly addr: Uint8Array; readonly len: number } | SyscallError => {
   const bytes = Buffer.from(path, "utf8")
   if (bytes.length === 0 || bytes.includes(0))
     return syscallError(syscall, Errno.EINVAL, `invalid socket path ${JSON.stringify(path)}`)
@@ -478,11 +479,14 @@ export const connectUnix = (path: string): Effect.Effect<number, SyscallError> =
     return r instanceof SyscallError ? Effect.fail(r) : Effect.succeed(r)
   })
 
-/** `connectUnix` without Effect, for the per-client set-up path: the fd, or the error. */
-export const connectUnixSync = (path: string): number | SyscallError => {
+/**
+ * `connectUnix` without Effect, for the per-client set-up path: the fd, or the error. `type`:
+ * the socket type and flags (default a non-blocking stream; close-on-exec always).
+ */
+export const connectUnixSync = (path: string, type = SOCK_STREAM | SOCK_NONBLOCK): number | SyscallError => {
   const sa = sockaddrUn("connect", path)
   if (sa instanceof SyscallError) return sa
-  const fd = newSocket()
+  const fd = sys.socket(AF_UNIX, type | SOCK_CLOEXEC, 0)
   if (fd < 0) return syscallError("socket", -fd)
   for (;;) {
     const r = sys.connect(fd, sa.addr, sa.len)
