@@ -1,17 +1,17 @@
 /**
  * libuv's uv_poll, called through koffi on the loop Node itself runs (symbols resolved from
- * the node process with `dlopen(NULL)`). Lets Node's own loop watch one fd with no thread.
+ * the node process with `dlopen(NULL)`). Lets Node's own loop watch fds with no thread.
  *
  * Ownership rules this module enforces, because native code keeps raw addresses:
- * - the `uv_poll_t` memory (size from `uv_handle_size(UV_POLL)`) and the registered callback
- *   stay strongly reachable from a module-level table until libuv's close callback has run;
- * - the poll callback is unregistered from inside the close callback, i.e. never from inside
- *   itself (koffi forbids that).
+ * - each `uv_poll_t`'s memory (size from `uv_handle_size(UV_POLL)`) stays strongly reachable
+ *   from a module-level table until libuv's close callback has run;
+ * - a `PollGroup`'s shared poll callback is unregistered only once the group is disposed and
+ *   every handle's close callback has run, i.e. never from inside itself (koffi forbids that).
  *
- * Exceptions thrown by `onPoll` would be swallowed by koffi, so `PollHandle` catches them and
+ * Exceptions thrown by a handler would be swallowed by koffi, so `PollGroup` catches them and
  * hands them to `onException` (default: stderr). Callers should still catch their own.
  *
- * Not here: epoll and dispatch (`src/transport/reactor.ts`).
+ * Not here: epoll-style events and dispatch to watches (`src/transport/reactor.ts`).
  */
 import koffi from "koffi"
 
@@ -39,8 +39,6 @@ const uv = {
   ) => number,
   poll_stop: self.func("int uv_poll_stop(void *handle)") as unknown as (handle: Uint8Array) => number,
   close: self.func("void uv_close(void *handle, intptr_t cb)") as unknown as (handle: Uint8Array, cb: bigint) => void,
-  ref: self.func("void uv_ref(void *handle)") as unknown as (handle: Uint8Array) => void,
-  unref: self.func("void uv_unref(void *handle)") as unknown as (handle: Uint8Array) => void,
   strerror: self.func("const char *uv_strerror(int err)") as unknown as (err: number) => string,
   napi_get_uv_event_loop: self.func("int napi_get_uv_event_loop(void *env, _Out_ intptr_t *loop)") as unknown as (
     env: unknown,
@@ -101,70 +99,6 @@ export class UvError extends Error {
     readonly status: number
   ) {
     super(`${call}: ${uv.strerror(status)} (${status})`)
-  }
-}
-
-/**
- * One uv_poll_t watching `fd` for readability on the current Node loop.
- * `onPoll(status, events)`: status < 0 is a libuv error code (e.g. UV_EBADF).
- */
-export class PollHandle {
-  readonly #memory: Uint8Array
-  readonly #address: number
-  readonly #callback: bigint
-  #closed = false
-
-  constructor(fd: number, onPoll: (status: number, events: number) => void, onException = defaultOnException) {
-    // Zeroed, off-heap, never moved by the GC: libuv keeps its address.
-    this.#memory = new Uint8Array(new ArrayBuffer(uv.handle_size(UV_POLL)))
-    this.#address = Number(koffi.address(this.#memory))
-    const init = uv.poll_init(currentLoop(), this.#memory, fd)
-    if (init !== 0) throw new UvError("uv_poll_init", init)
-    this.#callback = koffi.register((_handle: number, status: number, events: number) => {
-      try {
-        onPoll(status, events)
-      } catch (error) {
-        try {
-          onException(error)
-        } catch (again) {
-          defaultOnException(again)
-        }
-      }
-    }, PollCb)
-    const start = uv.poll_start(this.#memory, UV_READABLE, this.#callback)
-    if (start !== 0) {
-      // uv_poll_init registered the handle with the loop: it must still be closed.
-      this.#closed = true
-      this.#close()
-      throw new UvError("uv_poll_start", start)
-    }
-  }
-
-  /** Let the loop exit even while this handle is active. */
-  unref(): void {
-    if (!this.#closed) uv.unref(this.#memory)
-  }
-
-  /** Keep the loop alive while this handle is active (the default). */
-  ref(): void {
-    if (!this.#closed) uv.ref(this.#memory)
-  }
-
-  get closed(): boolean {
-    return this.#closed
-  }
-
-  /** uv_poll_stop + uv_close. Safe inside the poll callback; memory lives until the close callback. */
-  close(): void {
-    if (this.#closed) return
-    this.#closed = true
-    uv.poll_stop(this.#memory)
-    this.#close()
-  }
-
-  #close(): void {
-    const callback = this.#callback
-    closeHandle(this.#memory, this.#address, () => koffi.unregister(callback))
   }
 }
 
@@ -245,18 +179,14 @@ export class GroupPoll {
     this.#close = close
   }
 
+  get closed(): boolean {
+    return this.#closed
+  }
+
   /** uv_poll_start with UV_READABLE/UV_WRITABLE bits (0 stops). Returns the libuv status. */
   start(events: number): number {
     if (this.#closed) return UV_EBADF
     return events === 0 ? uv.poll_stop(this.#memory) : uv.poll_start(this.#memory, events, this.#callback)
-  }
-
-  ref(): void {
-    if (!this.#closed) uv.ref(this.#memory)
-  }
-
-  unref(): void {
-    if (!this.#closed) uv.unref(this.#memory)
   }
 
   /** uv_poll_stop + uv_close; safe inside the callback. The memory lives until the close callback. */

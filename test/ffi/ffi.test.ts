@@ -21,7 +21,7 @@ import {
   sys,
   viewOf
 } from "../../src/ffi/libc.js"
-import { pendingCloses, PollHandle } from "../../src/ffi/uv.js"
+import { type GroupPoll, pendingCloses, PollGroup, UV_READABLE } from "../../src/ffi/uv.js"
 import { openFds, withNoFdLeak } from "../helpers/fds.js"
 
 describe("errno", () => {
@@ -171,20 +171,18 @@ describe("uv_poll", () => {
     const errors: unknown[] = []
     let calls = 0
     const buf = new Uint8Array(16)
-    let handle: PollHandle | undefined
+    let handle: GroupPoll | undefined
+    const group = new PollGroup((e) => errors.push(e))
     const done = new Promise<void>((resolve) => {
-      handle = new PollHandle(
-        p[0]!,
-        (status) => {
-          expect(status).toBe(0)
-          sys.read(p[0]!, buf, 16)
-          calls++
-          if (calls === 1) throw new Error("boom")
-          handle?.close()
-          resolve()
-        },
-        (e) => errors.push(e)
-      )
+      handle = group.open(p[0]!, (status) => {
+        expect(status).toBe(0)
+        sys.read(p[0]!, buf, 16)
+        calls++
+        if (calls === 1) throw new Error("boom")
+        handle?.close()
+        resolve()
+      })
+      expect(handle.start(UV_READABLE)).toBe(0)
     })
     sys.write(p[1]!, new Uint8Array([1]), 1)
     setTimeout(() => sys.write(p[1]!, new Uint8Array([2]), 1), 20)
@@ -193,6 +191,7 @@ describe("uv_poll", () => {
     expect(errors).toHaveLength(1)
     expect(String(errors[0])).toContain("boom")
     expect(handle?.closed).toBe(true)
+    group.dispose()
     // The close callback runs on a later loop iteration and releases the handle memory.
     await new Promise((resolve) => setTimeout(resolve, 20))
     expect(pendingCloses()).toBe(0)
