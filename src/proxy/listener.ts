@@ -309,6 +309,13 @@ export const serve = (options: ServeOptions): Effect.Effect<Server, ServeError, 
       return conn
     }
 
+    /** Refuse fast: the client reads why (a wl_display.error) instead of hanging; logged, then held until it hangs up. */
+    const refusal = (client: SocketEndpoint, id: number, e: HostConnectError): Effect.Effect<void> =>
+      Effect.suspend(() => {
+        refuse(client, displayError, `sommelier: ${e.message}`)
+        return Effect.logWarning(`client ${id} refused: ${e.log ?? e.message}`).pipe(Effect.zipRight(lingerUntilHangup(reactor, client, 1000)))
+      })
+
     /** The client's set-up and teardown in a scoped fiber with a span: used when spans are wanted or the connector needs Effect. */
     const handleClient = (fd: number, id: number): Effect.Effect<void, never, Scope.Scope> =>
       Effect.gen(function* () {
@@ -317,13 +324,7 @@ export const serve = (options: ServeOptions): Effect.Effect<Server, ServeError, 
           (ep) => Effect.sync(() => ep.close())
         )
         const side = yield* Effect.either(connector.connect({ id, limits }))
-        if (side._tag === "Left") {
-          // Refuse fast: the client learns why instead of hanging.
-          refuse(client, displayError, `sommelier: ${side.left.message}`)
-          yield* Effect.logWarning(`client ${id} refused: ${side.left.log ?? side.left.message}`)
-          yield* lingerUntilHangup(reactor, client, 1000)
-          return
-        }
+        if (side._tag === "Left") return yield* refusal(client, id, side.left)
         const done = yield* Deferred.make<ConnectionEndReason>()
         const span = yield* Effect.currentSpan.pipe(Effect.option)
         const onBatch =
@@ -365,14 +366,7 @@ export const serve = (options: ServeOptions): Effect.Effect<Server, ServeError, 
         opened = new HostConnectError({ message: "internal error while opening the host side", log: e instanceof Error ? (e.stack ?? e.message) : String(e) })
       }
       if (opened instanceof HostConnectError) {
-        refuse(client, displayError, `sommelier: ${opened.message}`)
-        run(
-          Effect.logWarning(`client ${id} refused: ${opened.log ?? opened.message}`).pipe(
-            Effect.zipRight(lingerUntilHangup(reactor, client, 1000)),
-            Effect.ensuring(Effect.sync(() => client.close())),
-            Effect.annotateLogs({ client: id })
-          )
-        )
+        run(refusal(client, id, opened).pipe(Effect.ensuring(Effect.sync(() => client.close())), Effect.annotateLogs({ client: id })), { immediate: true })
         return
       }
       const release = opened.release
