@@ -46,10 +46,12 @@ export const fetchPart = async (
   return { ok: true, dir, version: fs.readFileSync(path.join(dir, "version"), "utf8").trim(), ms: Date.now() - t0 }
 }
 
+/** Every file below `dir`. */
+const walk = (dir: string): string[] =>
+  fs.readdirSync(dir, { withFileTypes: true }).flatMap((d) => (d.isDirectory() ? walk(path.join(dir, d.name)) : [path.join(dir, d.name)]))
+
 /** Every src/**.ts has its dist/**.js, no older than it. */
 const distIsCurrent = (): boolean => {
-  const walk = (dir: string): string[] =>
-    fs.readdirSync(dir, { withFileTypes: true }).flatMap((d) => (d.isDirectory() ? walk(path.join(dir, d.name)) : [path.join(dir, d.name)]))
   const src = path.join(REPO, "src")
   return walk(src)
     .filter((f) => f.endsWith(".ts") && !f.endsWith(".d.ts"))
@@ -63,8 +65,6 @@ const distIsCurrent = (): boolean => {
 const bundleIsCurrent = (): boolean => {
   const bundle = path.join(REPO, "dist", "sommelier.mjs")
   if (!fs.existsSync(bundle)) return false
-  const walk = (dir: string): string[] =>
-    fs.readdirSync(dir, { withFileTypes: true }).flatMap((d) => (d.isDirectory() ? walk(path.join(dir, d.name)) : [path.join(dir, d.name)]))
   const at = fs.statSync(bundle).mtimeMs
   return walk(path.join(REPO, "dist")).every((f) => !f.endsWith(".js") || fs.statSync(f).mtimeMs <= at)
 }
@@ -72,17 +72,13 @@ const bundleIsCurrent = (): boolean => {
 /** `npm run build` unless dist/ is current (tsc takes ~9 s of CPU even with nothing to do). Throws with tsc's output. */
 export const buildProject = async (): Promise<number> => {
   const t0 = Date.now()
-  if (distIsCurrent()) {
-    if (bundleIsCurrent()) return 0
-    const b = await run(process.execPath, [path.join(REPO, "scripts", "bundle.mjs")], { cwd: REPO })
-    if (b.status !== 0) throw new Error(`bundling dist/ failed:\n${b.stdout}${b.stderr}`)
-    return Date.now() - t0
-  }
-  const r = await run(process.execPath, [path.join(REPO, "node_modules", "typescript", "bin", "tsc"), "-p", "tsconfig.build.json"], {
-    cwd: REPO
-  })
-  if (r.status !== 0) throw new Error(`npm run build failed:\n${r.stdout}${r.stderr}`)
-  // The one-file bundle bin/sommelier prefers: the guest loads one module instead of ~900.
+  if (!distIsCurrent()) {
+    const r = await run(process.execPath, [path.join(REPO, "node_modules", "typescript", "bin", "tsc"), "-p", "tsconfig.build.json"], {
+      cwd: REPO
+    })
+    if (r.status !== 0) throw new Error(`npm run build failed:\n${r.stdout}${r.stderr}`)
+  } else if (bundleIsCurrent()) return 0
+  // The bundle bin/sommelier prefers: the guest loads a couple of modules instead of ~900.
   const b = await run(process.execPath, [path.join(REPO, "scripts", "bundle.mjs")], { cwd: REPO })
   if (b.status !== 0) throw new Error(`bundling dist/ failed:\n${b.stdout}${b.stderr}`)
   return Date.now() - t0
