@@ -187,6 +187,12 @@ export interface Endpoint {
   flush(): boolean
   readonly pendingBytes: number
   close(): void
+  /**
+   * Optional (host side): called after the events `fill()` delivered were forwarded, with a
+   * function that reads requests already waiting from the client. The cross-domain endpoint
+   * re-arms its POLL here. Throws like `fill()`.
+   */
+  settle?(readPending: () => void): void
 }
 
 /** A global the host announced and the client was shown (version already capped). */
@@ -284,6 +290,11 @@ export class Connection {
    * The client socket is readable: read what is there, forward every complete request.
    * Returns false when the connection ended.
    */
+  /** For `Endpoint.settle`: requests already waiting, read now (not while the client is paused). */
+  readonly #readPending = (): void => {
+    if (!this.ended && !this.clientPaused) this.onClientReadable()
+  }
+
   onClientReadable(): boolean {
     if (this.ended) return false
     let r: "data" | "again" | "eof"
@@ -569,6 +580,15 @@ export class Connection {
       }
       // A read that stopped short of a full buffer emptied the socket.
       if (r === "again" || got <= 0 || !full) break
+    }
+    if (this.host.settle !== undefined) {
+      try {
+        this.host.settle(this.#readPending)
+      } catch (e) {
+        if (!this.ended) this.end({ _tag: "IoError", message: `compositor channel failed: ${String(e)}` })
+        return false
+      }
+      if (this.ended) return false
     }
     return this.checkFdsInFlight()
   }

@@ -155,6 +155,44 @@ describe("host → guest", () => {
     expect(watcher.live.size).toBe(0)
   })
 
+  it("settle re-arm (connections): requests read in settle carry the POLL; none waiting, the POLL goes alone in settle; nothing due, nothing sent", async () => {
+    const device = new FakeDevice()
+    const watcher = new FakeWatcher()
+    const channel = CrossDomainChannel.open(device, { reactor: watcher, rearm: "settle" })
+    const sink = () => {}
+    const mark = device.execs.length
+    // Nothing consumed yet: settle neither reads nor submits.
+    let reads = 0
+    channel.settle(() => reads++)
+    expect(reads).toBe(0)
+    expect(device.execs.length).toBe(mark)
+    device.deliver(P.encodeReceive([], text("one")))
+    expect(channel.pump(sink)).toBe("data")
+    expect(device.outstandingPolls).toBe(0)
+    // A request already waiting: read in settle, one submission SEND then POLL on ring 1.
+    channel.settle(() => channel.send(text("req!"), 0, 4, []))
+    expect(device.sent(mark).map((e) => [e.cmd, e.ringIdx, e.command.length])).toEqual([[P.CMD_SEND, 1, P.SEND_HEADER_SIZE + 4 + P.POLL_SIZE]])
+    expect(device.outstandingPolls).toBe(1)
+    // No request waiting: the POLL goes alone, inside settle, with no loop turn.
+    device.deliver(P.encodeReceive([], text("two")))
+    expect(channel.pump(sink)).toBe("data")
+    channel.settle(() => reads++)
+    expect(reads).toBe(1)
+    expect(device.sent(mark + 1).map((e) => [e.cmd, e.ringIdx])).toEqual([[P.CMD_POLL, 1]])
+    expect(device.outstandingPolls).toBe(1)
+    // Never by itself: a fence left unsettled stays unarmed across loop turns.
+    device.deliver(P.encodeReceive([], text("three")))
+    channel.pump(sink)
+    await new Promise<void>((r) => setImmediate(() => setImmediate(() => setImmediate(r))))
+    expect(device.outstandingPolls).toBe(0)
+    channel.settle()
+    expect(device.outstandingPolls).toBe(1)
+    expect(channel.counters).toMatchObject({ polls: 4, fences: 3, sends: 1 })
+    channel.close()
+    device.close()
+    expect(watcher.live.size).toBe(0)
+  })
+
   it("RECEIVE blob identifier → CREATE_BLOB HOST3D {MAPPABLE|SHAREABLE, size, blob_id} → PRIME export → GEM close", () => {
     const { device, channel, done } = setup()
     const keymap = text("xkb_keymap { fake };\0")

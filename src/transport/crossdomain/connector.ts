@@ -102,7 +102,7 @@ export const crossDomainConnector = (options: CrossDomainConnectorOptions): Effe
         const warn = (message: string): void => void runFork(Effect.logWarning(`client ${id}: cross-domain: ${message}`))
         const channel = yield* Effect.acquireRelease(
           Effect.try({
-            try: () => CrossDomainChannel.open(device, { reactor, onWarning: warn }),
+            try: () => CrossDomainChannel.open(device, { reactor, onWarning: warn, rearm: "settle" }),
             catch: (e) =>
               new HostConnectError({
                 message: `cannot set up the cross-domain channel on ${device.name}: ${e instanceof VirtGpuError || e instanceof CrossDomainError ? e.message : describe(e)}`

@@ -4,7 +4,8 @@
  * `fd` is the device's event fd (the reactor watches it for EPOLLIN instead of a socket);
  * `fill()` consumes the signalled fences, appending RECEIVE bytes to `inBuf` and their fds to
  * `inFds`; `write()` submits SENDs synchronously, so nothing is ever pending and EPOLLOUT is never
- * needed on this side.
+ * needed on this side; `settle()`, called by the connection after the events were forwarded,
+ * re-arms the channel's POLL.
  *
  * Not here: Wayland-level translation of fds (hooks.ts), the device and ring protocol (channel.ts).
  */
@@ -90,6 +91,15 @@ export class CrossDomainEndpoint implements Endpoint {
       this.onFatal?.(reason)
       return "overflow"
     }
+  }
+
+  /**
+   * The connection handled what `fill()` delivered: re-arm the channel's POLL, letting requests
+   * already waiting (`readPending`) carry it (channel.ts, "settle"). Throws like `fill()`.
+   */
+  settle(readPending: () => void): void {
+    if (this.#closed) return
+    this.channel.settle(readPending)
   }
 
   flush(): boolean {
