@@ -89,6 +89,9 @@ interface Waiter {
 
 export interface GpuOptions extends CrossDomainHost {}
 
+/** Whether ring `idx` is in a poll mask (masks go up to 64 rings: above bit 30 by arithmetic). */
+const ringPolled = (mask: number, idx: number): boolean => (idx < 31 ? (mask & (1 << idx)) !== 0 : Math.floor(mask / 2 ** idx) % 2 === 1)
+
 export class GpuFile {
   readonly id: number
   readonly handles = new Map<number, Resource>()
@@ -386,7 +389,7 @@ export class Gpu {
     const ctx = this.#ensureContext(f)
     if (ctx.crossDomain !== null) ctx.crossDomain.submitCmd(command)
     else this.#o.log(`SUBMIT_3D on file ${f.id}: context with capset ${ctx.capsetId} has no component to run it`)
-    const polled = withRing && (ctx.pollMask & (2 ** ringIdx)) !== 0
+    const polled = withRing && ringPolled(ctx.pollMask, ringIdx)
     if (!polled && resources.length === 0) return 0
     const fence: GpuFence = { id: this.#nextFence++, file: f, ringIdx: withRing ? ringIdx : -1, resources, signalled: false }
     for (const r of resources) r.busy++
@@ -401,7 +404,7 @@ export class Gpu {
     for (const r of fence.resources) r.busy--
     const f = fence.file
     const ctx = f.context
-    if (!f.closed && ctx !== null && fence.ringIdx >= 0 && (ctx.pollMask & (2 ** fence.ringIdx)) !== 0) {
+    if (!f.closed && ctx !== null && fence.ringIdx >= 0 && ringPolled(ctx.pollMask, fence.ringIdx)) {
       // One drm_event{FENCE_SIGNALED, 8} queued on the file.
       sys.write(f.eventFd, one, 8)
     }

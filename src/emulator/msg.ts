@@ -102,7 +102,7 @@ export class MsgIo {
     }
     w[11] = 0
     for (;;) {
-      const n = sys.sendmsg(fd, w, flags)
+      const n = sys.sendmsgAt(fd, this.#base, flags)
       if (n !== -Errno.EINTR) return n
     }
   }
@@ -122,7 +122,7 @@ export class MsgIo {
       w[10] = CONTROL_SIZE
       w[11] = 0
       w[12] = 0
-      n = sys.recvmsg(fd, w, flags)
+      n = sys.recvmsgAt(fd, this.#base, flags)
       if (n !== -Errno.EINTR) break
     }
     if (n < 0) return n

@@ -102,7 +102,7 @@ export interface VirtGpuDevice {
   /** Readable (EPOLLIN) while fence events are queued: watch it with the reactor. */
   readonly eventFd: number
   /** Drains queued events without blocking; each is a `drm_event` type (FENCE_SIGNALED). */
-  readEvents(): number[]
+  readEvents(): readonly number[]
   resourceInfo(handle: number): ResourceInfo
   /** Exports a GEM handle as a dma-buf (kernel) or memfd (emulated) fd, CLOEXEC|RDWR. */
   primeHandleToFd(handle: number): number

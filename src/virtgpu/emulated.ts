@@ -50,6 +50,7 @@ const REPLY_TIMEOUT_MS = 20_000
 const SEND_TIMEOUT_MS = 20_000
 
 const utf8 = new TextDecoder()
+const ONE_FENCE: readonly number[] = Object.freeze([EVENT_FENCE_SIGNALED])
 
 interface Reply {
   readonly view: DataView
@@ -328,7 +329,7 @@ export class EmulatedDevice implements VirtGpuDevice {
     if (this.#numRings < 0) this.#numRings = 0
   }
 
-  readEvents(): number[] {
+  readEvents(): readonly number[] {
     if (this.#fd < 0) throw closedError("read events", this.name)
     if (this.#failure !== null) throw this.#failure
     for (;;) {
@@ -338,7 +339,8 @@ export class EmulatedDevice implements VirtGpuDevice {
       if (n < 0) throw virtGpuError("read events", -n, this.name)
       const count = this.#count[0]!
       if (count >= EVENT_ERROR_MARK) throw this.#takeNotice()
-      return new Array<number>(Number(count)).fill(EVENT_FENCE_SIGNALED)
+      // One fence per wake-up is the usual case: no array for it.
+      return count === 1n ? ONE_FENCE : new Array<number>(Number(count)).fill(EVENT_FENCE_SIGNALED)
     }
   }
 
