@@ -323,21 +323,23 @@ export const startEmulator = (options: EmulatorOptions): Effect.Effect<Emulator,
       }
     }
 
+    /**
+     * One datagram per wake-up: the watch is level-triggered, so libuv calls again while more
+     * are queued. Reading on until EAGAIN would cost a failed recvmsg on every wake-up, and a
+     * guest mostly has one submission in flight (a round trip is one datagram per wake-up).
+     */
     const onConn = (c: Conn): void => {
-      for (;;) {
-        if (c.closed) return
-        const n = io.recv(c.fd, MSG_DONTWAIT | MSG_CMSG_CLOEXEC)
-        if (n === -Errno.EAGAIN) return
-        if (n <= 0) return closeConn(c) // EOF: the guest closed its device file
-        // Only PRIME_FD_TO_HANDLE carries fds: no array per request otherwise.
-        const fds = io.fds.length === 0 ? noFds : io.fds.splice(0)
-        if (io.truncated) {
-          fds.forEach((fd) => sys.close(fd))
-          refuse(c, io.inView.getUint32(0, true), -Errno.EMSGSIZE)
-          continue
-        }
-        handle(c, n, fds)
+      if (c.closed) return
+      const n = io.recv(c.fd, MSG_DONTWAIT | MSG_CMSG_CLOEXEC)
+      if (n === -Errno.EAGAIN) return
+      if (n <= 0) return closeConn(c) // EOF: the guest closed its device file
+      // Only PRIME_FD_TO_HANDLE carries fds: no array per request otherwise.
+      const fds = io.fds.length === 0 ? noFds : io.fds.splice(0)
+      if (io.truncated) {
+        fds.forEach((fd) => sys.close(fd))
+        return refuse(c, io.inView.getUint32(0, true), -Errno.EMSGSIZE)
       }
+      handle(c, n, fds)
     }
 
     const listenWatch = reactor.watch(listenFd, EPOLLIN, () => {
