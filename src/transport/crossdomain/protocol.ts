@@ -78,7 +78,20 @@ export const SendOffset = {
 /** Field offsets of READ / WRITE (struct CrossDomainReadWrite). */
 export const ReadWriteOffset = { identifier: 8, hangUp: 12, opaqueDataSize: 16, pad: 20, data: 24 } as const
 
-const view = (b: Uint8Array): DataView => new DataView(b.buffer, b.byteOffset, b.byteLength)
+/**
+ * A DataView over `b`, kept per array: the channel encodes into and decodes from the same few
+ * buffers (its send buffer, the mapped rings) on every round trip, and constructing a DataView
+ * is a call into V8's runtime that showed in profiles of the data path.
+ */
+const views = new WeakMap<Uint8Array, DataView>()
+const view = (b: Uint8Array): DataView => {
+  let d = views.get(b)
+  if (d === undefined) {
+    d = new DataView(b.buffer, b.byteOffset, b.byteLength)
+    views.set(b, d)
+  }
+  return d
+}
 
 // -------------------------------------------------------------------------------------------------
 // Header
