@@ -69,7 +69,7 @@ type TargetName = "direct" | "local" | "cross-domain" | "waypipe"
 const allTargets: readonly TargetName[] = ["direct", "local", "cross-domain", "waypipe"]
 
 const usage = `usage: npm run bench -- [--quick] [--no-pin] [--cpu N] [--rounds N] [--only direct,local,cross-domain,waypipe]
-                         [--skip modes,memory,scaling,codec,reactor] [--profile [MODE,…]] [--no-build]
+                         [--skip modes,memory,scaling,hops,codec,reactor] [--profile [MODE,…]] [--no-build]
                          [--update-readme] [--out DIR]`
 
 const parseArgs = (argv: readonly string[]): Settings => {
@@ -226,6 +226,22 @@ const buildClient = (): string => {
   return target
 }
 
+/** Builds relay.c (the hops section's native yardstick) into the same cache, keyed by its hash. */
+const buildRelay = (): string => {
+  const source = readFileSync(join(root, "scripts", "bench", "relay.c"))
+  const cflags = ["-std=c11", "-O2", "-Wall", "-Werror"]
+  const hash = createHash("sha256").update(source).update(cflags.join(" ")).digest("hex").slice(0, 16)
+  const cache = join(root, "node_modules", ".cache", "sommelier-bench")
+  const target = join(cache, `bench-relay-${hash}`)
+  if (existsSync(target)) return target
+  mkdirSync(cache, { recursive: true })
+  const tmp = `${target}.${process.pid}`
+  const r = spawnSync("cc", [...cflags, "-o", tmp, join(root, "scripts", "bench", "relay.c")], { encoding: "utf8" })
+  if (r.status !== 0) throw new Error(`cc relay.c failed: ${r.stderr ?? r.error?.message}`)
+  renameSync(tmp, target)
+  return target
+}
+
 type Json = Record<string, number | string | boolean>
 
 interface Env {
@@ -235,7 +251,7 @@ interface Env {
 }
 
 /** Runs one client invocation to completion and returns its JSON lines. */
-const runClient = (env: Env, target: Target, args: readonly (string | number)[], timeoutMs = 120000): Promise<Json[]> =>
+const runClient = (env: Env, target: Pick<Target, "env"> & { readonly name: string }, args: readonly (string | number)[], timeoutMs = 120000): Promise<Json[]> =>
   new Promise((resolve, reject) => {
     const [c, a] = pinned(env.settings.pin, env.client, args.map(String))
     const child = spawn(c, a, { env: target.env, stdio: ["ignore", "pipe", "pipe"] })
@@ -879,6 +895,97 @@ const scalingTable = (rows: readonly ScalingRow[], s: ReturnType<typeof sizes>):
 }
 
 // ---------------------------------------------------------------------------------------------
+// Hops: what each process between the client and the compositor costs a round trip
+
+interface HopRow {
+  readonly path: string
+  readonly hops: number
+  readonly medianUs: number
+  readonly ratio: number
+  readonly rounds: number
+  /** Where the figure came from: this section, or the latency table of the same run. */
+  readonly from: "hops" | "modes"
+}
+
+/**
+ * Round trips through chains of processes, interleaved over rounds with direct: one and two
+ * native relays (relay.c: one epoll_wait, recvmsg and sendmsg per wake-up) and two local-mode
+ * proxies in a row. They bound what a path of one or two processes can cost on this machine,
+ * next to sommelier's local (one process) and cross-domain (serve + emulate-host: two) paths.
+ */
+const runHops = async (env: Env, weston: Weston, s: ReturnType<typeof sizes>, fromModes: Record<string, Cell> | undefined): Promise<HopRow[]> => {
+  const relay = buildRelay()
+  const dir = join(env.runDir, "hops")
+  mkdirSync(dir, { recursive: true })
+  const waitSocket = (what: string, path: string, child: ChildProcess, log: string) => waitFor(what, () => existsSync(path), child, log)
+  const relayChain = async (n: number, tag: string): Promise<string> => {
+    let upstream = weston.socketPath
+    for (let i = 1; i <= n; i++) {
+      const sock = join(dir, `${tag}-${i}`)
+      const log = join(dir, `${tag}-${i}.log`)
+      const child = startDaemon(env.settings, relay, [sock, upstream], process.env, log)
+      await waitSocket(`bench-relay ${i}`, sock, child, log)
+      upstream = sock
+    }
+    return upstream
+  }
+  const localChain = async (n: number, tag: string): Promise<string> => {
+    let upstream = weston.socketPath
+    for (let i = 1; i <= n; i++) {
+      const sock = join(dir, `${tag}-${i}`)
+      const log = join(dir, `${tag}-${i}.log`)
+      const child = startDaemon(env.settings, process.execPath, [cliEntry([]), "serve", sock, "--mode", "local", "--host-display", upstream], { ...process.env, XDG_RUNTIME_DIR: dir }, log)
+      await waitSocket(`sommelier serve ${i}`, sock, child, log)
+      upstream = sock
+    }
+    return upstream
+  }
+  const paths: Array<{ readonly path: string; readonly hops: number; readonly display: string }> = [
+    { path: "direct", hops: 0, display: weston.socketPath },
+    { path: "native relay (relay.c)", hops: 1, display: await relayChain(1, "relay1") },
+    { path: "native relay → native relay", hops: 2, display: await relayChain(2, "relay2") },
+    { path: "sommelier local → sommelier local", hops: 2, display: await localChain(2, "local2") }
+  ]
+  const args = ["roundtrip", s.roundtrip.n, s.roundtrip.warm]
+  const runs = new Map<string, number[]>(paths.map((p) => [p.path, []]))
+  // A discarded round first, as in the latency table: node's lower tiers would be measured otherwise.
+  for (const p of paths) await runClient(env, { name: p.path, env: clientEnv(env.runDir, p.display) }, args)
+  for (let round = 0; round < env.settings.rounds; round++) {
+    for (const p of paths) {
+      const [j] = await runClient(env, { name: p.path, env: clientEnv(env.runDir, p.display) }, args)
+      const v = Number(j?.["median_us"])
+      if (Number.isFinite(v)) runs.get(p.path)!.push(v)
+    }
+    process.stdout.write(".")
+  }
+  process.stdout.write("\n")
+  const direct = median(runs.get("direct")!)
+  const rows: HopRow[] = paths.map((p) => {
+    const xs = runs.get(p.path)!
+    const v = median(xs)
+    return { path: p.path, hops: p.hops, medianUs: v, ratio: v / direct, rounds: xs.length, from: "hops" as const }
+  })
+  const ours: Array<[string, number, string]> = [
+    ["sommelier local (latency table above)", 1, "local"],
+    ["sommelier cross-domain: serve → emulate-host (latency table above)", 2, "cross-domain"]
+  ]
+  for (const [path, hops, name] of ours) {
+    const c = fromModes?.[name]
+    if (c !== undefined && Number.isFinite(c.value)) rows.push({ path, hops, medianUs: c.value, ratio: c.ratio, rounds: c.rounds, from: "modes" })
+  }
+  return rows.sort((a, b) => a.hops - b.hops || a.medianUs - b.medianUs)
+}
+
+const hopsTable = (rows: readonly HopRow[]): string =>
+  [
+    "Round trips through chains of processes between the client and weston (every process on one CPU). The native relay is the least such a process can do; ratios are to this section's direct run, or to the latency table's for its rows.",
+    "",
+    "| path (client → … → weston) | processes between | roundtrip median (µs) | × direct |",
+    "|---|---:|---:|---:|",
+    ...rows.map((r) => `| ${r.path} | ${r.hops} | ${fmt(r.medianUs)} | ${r.ratio.toFixed(2)}× |`)
+  ].join("\n")
+
+// ---------------------------------------------------------------------------------------------
 // Reactor ping-pong (scripts/bench/reactor.ts, written separately; optional)
 
 const runReactor = async (settings: Settings): Promise<{ table: string; rows: unknown } | string> => {
@@ -1087,7 +1194,7 @@ const measure = async (
   const ms = measures(s)
   const result: Record<string, unknown> = { date, machine: mach, settings: { ...settings, only: settings.only && [...settings.only], skip: [...settings.skip] }, sizes: s, unavailable }
   // Printed as they finish; the README and latest.md list them in this order.
-  const order = ["modes", "memory", "scaling", "codec", "reactor"]
+  const order = ["modes", "memory", "scaling", "hops", "codec", "reactor"]
   const sections: Array<[string, string]> = []
 
   const proxies = targets.filter((t) => t.name !== "direct")
@@ -1134,8 +1241,24 @@ const measure = async (
     phaseDone("scaling")
   }
 
-  // The proxies are done: stop them so nothing of ours competes with the in-process rows.
+  // The proxies are done: stop them so nothing of ours competes with the rows below.
   await stopAll()
+
+  if (!settings.skip.has("hops")) {
+    console.log("\n## hops: the cost of each process on the path")
+    try {
+      const rows = await runHops(env, weston, s, (result["modes"] as Record<string, Record<string, Cell>> | undefined)?.["roundtrip.median"])
+      const table = hopsTable(rows)
+      console.log("\n" + table)
+      sections.push(["hops", table])
+      result["hops"] = rows
+    } catch (e) {
+      console.log(`hops: ${(e as Error).message.split("\n")[0]}`)
+    } finally {
+      await stopAll()
+    }
+    phaseDone("hops")
+  }
 
   if (!settings.skip.has("codec")) {
     console.log("\n## data path over captured traffic (in process, no syscalls)")
