@@ -123,6 +123,8 @@ export interface VirtGpuDevice {
 export interface VirtGpuService {
   /** Opens a device file (one per guest client); closed with the scope. */
   readonly open: Effect.Effect<VirtGpuDevice, VirtGpuError, Scope.Scope>
+  /** The same in plain code (the caller closes the device). Throws VirtGpuError. */
+  readonly openSync: () => VirtGpuDevice
 }
 
 export class VirtGpu extends Context.Tag("sommelier/VirtGpu")<VirtGpu, VirtGpuService>() {}

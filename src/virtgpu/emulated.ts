@@ -483,7 +483,8 @@ const attempt = <A>(f: () => A): Effect.Effect<A, VirtGpuError> =>
 export const makeEmulated = (socketPath: string): Effect.Effect<VirtGpuService, VirtGpuError> =>
   attempt(() => new EmulatedDevice(socketPath).close()).pipe(
     Effect.as({
-      open: Effect.acquireRelease(attempt(() => openEmulatedDevice(socketPath)), (d) => Effect.sync(() => d.close()))
+      open: Effect.acquireRelease(attempt(() => openEmulatedDevice(socketPath)), (d) => Effect.sync(() => d.close())),
+      openSync: () => openEmulatedDevice(socketPath)
     } satisfies VirtGpuService)
   )
 

@@ -383,7 +383,8 @@ export const makeKernel = (path?: string): Effect.Effect<VirtGpuService, VirtGpu
   }).pipe(
     Effect.map(
       (node): VirtGpuService => ({
-        open: Effect.acquireRelease(attempt(() => openKernelDevice(node)), (d) => Effect.sync(() => d.close()))
+        open: Effect.acquireRelease(attempt(() => openKernelDevice(node)), (d) => Effect.sync(() => d.close())),
+        openSync: () => openKernelDevice(node)
       })
     )
   )

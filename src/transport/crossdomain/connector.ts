@@ -1,8 +1,9 @@
 /**
  * Cross-domain mode's host connector: each guest client gets its own opened virtio-gpu device
  * (from the `VirtGpu` service), a `CrossDomainChannel` on it, a `CrossDomainEndpoint` the
- * connection uses as its host side, and the cross-domain hooks bound to that channel. All three
- * are released with the client's scope (endpoint, channel, then the device).
+ * connection uses as its host side, and the cross-domain hooks bound to that channel. All of it is
+ * opened in plain code (`connectSync`: the listener then needs no fiber per client) and released
+ * with the client (the hooks' state, endpoint, channel, then the device).
  *
  * Also the startup probe: whether a device offers what cross-domain needs (spec §2 steps 2–3),
  * with one user-facing line when it does not.
@@ -11,7 +12,7 @@
  */
 import { Effect, Runtime, type Scope } from "effect"
 import { Protocols } from "../../protocol/registry.js"
-import { HostConnectError, type HostConnector, type HostSide } from "../../proxy/listener.js"
+import { HostConnectError, type HostConnector, type HostSide, type OpenedHostSide } from "../../proxy/listener.js"
 import {
   PARAM_3D_FEATURES,
   PARAM_CAPSET_QUERY_FIX,
@@ -95,48 +96,71 @@ export const crossDomainConnector = (options: CrossDomainConnectorOptions): Effe
     const reactor = yield* Reactor
     const registry = yield* Protocols
     const runFork = Runtime.runFork(yield* Effect.runtime<never>())
-    const connect = ({ id }: { readonly id: number }): Effect.Effect<HostSide, HostConnectError, Scope.Scope> =>
-      Effect.gen(function* () {
-        const device = yield* gpu.open.pipe(Effect.mapError((e) => new HostConnectError({ message: `cannot open the virtio-gpu device: ${e.message}` })))
-        // Off the data path: a pipe the channel gave up on, a keymap passed through as received.
-        const warn = (message: string): void => void runFork(Effect.logWarning(`client ${id}: cross-domain: ${message}`))
-        const channel = yield* Effect.acquireRelease(
-          Effect.try({
-            try: () => CrossDomainChannel.open(device, { reactor, onWarning: warn, rearm: "settle" }),
-            catch: (e) =>
-              new HostConnectError({
-                message: `cannot set up the cross-domain channel on ${device.name}: ${e instanceof VirtGpuError || e instanceof CrossDomainError ? e.message : describe(e)}`
-              })
-          }),
-          (ch) => Effect.sync(() => ch.close())
-        )
-        const endpoint = yield* Effect.acquireRelease(
-          Effect.sync(() => new CrossDomainEndpoint(channel)),
-          (ep) => Effect.sync(() => ep.close())
-        )
-        // Released before the endpoint, channel and device (finalizers run in reverse order).
-        const releases: Array<() => void> = []
-        yield* Effect.addFinalizer(() =>
-          Effect.sync(() => {
-            for (const release of releases.splice(0).reverse()) {
-              try {
-                release()
-              } catch (e) {
-                warn(`releasing per-connection state failed: ${describe(e)}`)
-              }
-            }
-          })
-        )
-        const hooks = buildHooks({ channel, registry, mappedIds: true, warn, onClose: (r) => void releases.push(r) }, options.modules ?? defaultModules)
-        return {
-          endpoint,
-          hooks,
-          // The shm copy path creates host objects of its own (wl_shm_pool per blob).
-          mappedIds: true,
-          attach: (conn) => {
-            endpoint.onFatal = (reason) => conn.end(reason)
+    /**
+     * Plain code (the listener sets clients up from its accept callback without a fiber when it
+     * can): device, channel, endpoint, hooks; on failure what was opened is closed again.
+     */
+    const connectSync = ({ id }: { readonly id: number }): OpenedHostSide | HostConnectError => {
+      let device: VirtGpuDevice
+      try {
+        device = gpu.openSync()
+      } catch (e) {
+        return new HostConnectError({ message: `cannot open the virtio-gpu device: ${describe(e)}` })
+      }
+      // Off the data path: a pipe the channel gave up on, a keymap passed through as received.
+      const warn = (message: string): void => void runFork(Effect.logWarning(`client ${id}: cross-domain: ${message}`))
+      let channel: CrossDomainChannel
+      try {
+        channel = CrossDomainChannel.open(device, { reactor, onWarning: warn, rearm: "settle" })
+      } catch (e) {
+        device.close()
+        return new HostConnectError({
+          message: `cannot set up the cross-domain channel on ${device.name}: ${e instanceof VirtGpuError || e instanceof CrossDomainError ? e.message : describe(e)}`
+        })
+      }
+      const endpoint = new CrossDomainEndpoint(channel)
+      // Per-connection state the hooks made (host pools, blobs): released before the endpoint.
+      const releases: Array<() => void> = []
+      let released = false
+      const release = (): void => {
+        if (released) return
+        released = true
+        for (const r of releases.splice(0).reverse()) {
+          try {
+            r()
+          } catch (e) {
+            warn(`releasing per-connection state failed: ${describe(e)}`)
           }
-        } satisfies HostSide
-      })
-    return { description: options.description, connect } satisfies HostConnector
+        }
+        endpoint.close()
+        channel.close()
+        device.close()
+      }
+      let hooks: ReturnType<typeof buildHooks>
+      try {
+        hooks = buildHooks({ channel, registry, mappedIds: true, warn, onClose: (r) => void releases.push(r) }, options.modules ?? defaultModules)
+      } catch (e) {
+        release()
+        return new HostConnectError({ message: `cannot set up the cross-domain hooks: ${describe(e)}` })
+      }
+      const side: HostSide = {
+        endpoint,
+        hooks,
+        // The shm copy path creates host objects of its own (wl_shm_pool per blob).
+        mappedIds: true,
+        attach: (conn) => {
+          endpoint.onFatal = (reason) => conn.end(reason)
+        }
+      }
+      return { side, release }
+    }
+    const connect = (client: { readonly id: number }): Effect.Effect<HostSide, HostConnectError, Scope.Scope> =>
+      Effect.acquireRelease(
+        Effect.suspend(() => {
+          const r = connectSync(client)
+          return r instanceof HostConnectError ? Effect.fail(r) : Effect.succeed(r)
+        }),
+        (r) => Effect.sync(r.release)
+      ).pipe(Effect.map((r) => r.side))
+    return { description: options.description, connect, connectSync } satisfies HostConnector
   })
