@@ -50,6 +50,10 @@ const REPLY_TIMEOUT_MS = 20_000
 const SEND_TIMEOUT_MS = 20_000
 
 const utf8 = new TextDecoder()
+
+let io: MsgIo | null = null
+/** The request/reply buffers (128 KiB for the largest reply): one per process, not one per guest client. */
+const sharedIo = (): MsgIo => (io ??= new MsgIo(MAX_REPLY, 4096))
 const ONE_FENCE: readonly number[] = Object.freeze([EVENT_FENCE_SIGNALED])
 
 interface Reply {
@@ -65,7 +69,8 @@ export class EmulatedDevice implements VirtGpuDevice {
   readonly socketPath: string
   readonly eventFd: number
   #fd: number
-  readonly #io = new MsgIo(MAX_REPLY, 4096)
+  /** Every device of this process shares one set of buffers: each call is synchronous, and a reply is read before the next call. */
+  readonly #io = sharedIo()
   readonly #count = new BigUint64Array(1)
   /** Set once a one-way EXECBUFFER was refused by the emulator: every later call throws it. */
   #failure: VirtGpuError | null = null

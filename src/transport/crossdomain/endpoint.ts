@@ -19,8 +19,8 @@ const describe = (e: unknown): string => (e instanceof Error ? e.message : Strin
 
 export class CrossDomainEndpoint implements Endpoint {
   readonly fd: number
-  /** Unconsumed RECEIVE bytes are `inBuf[inStart, inEnd)`; re-read after `fill()` (it may grow). */
-  inBuf: Uint8Array = new Uint8Array(64 * 1024)
+  /** Unconsumed RECEIVE bytes are `inBuf[inStart, inEnd)`; re-read after `fill()` (it grows on demand: one RECEIVE carries at most 3744 bytes). */
+  inBuf: Uint8Array = new Uint8Array(8 * 1024)
   inStart = 0
   inEnd = 0
   readonly inFds = new FdQueue()
