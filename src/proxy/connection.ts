@@ -286,15 +286,15 @@ export class Connection {
   // ---------------------------------------------------------------------------------------------
   // Client → host (requests)
 
-  /**
-   * The client socket is readable: read what is there, forward every complete request.
-   * Returns false when the connection ended.
-   */
   /** For `Endpoint.settle`: requests already waiting, read now (not while the client is paused). */
   readonly #readPending = (): void => {
     if (!this.ended && !this.clientPaused) this.onClientReadable()
   }
 
+  /**
+   * The client socket is readable: read what is there, forward every complete request.
+   * Returns false when the connection ended.
+   */
   onClientReadable(): boolean {
     if (this.ended) return false
     let r: "data" | "again" | "eof"
