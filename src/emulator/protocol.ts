@@ -12,6 +12,8 @@
  * later EXECBUFFER of that file, sends an EXECBUFFER_FAILED notice (a reply-shaped datagram with op
  * EXECBUFFER, which never gets a normal reply) and adds `EVENT_ERROR_MARK` to the eventfd, so the
  * guest learns of it on its next wake-up (the counter is ≥ the mark) or its next request.
+ * When the emulator shuts down it does the same with a SHUTDOWN notice (status -ESHUTDOWN, op
+ * SHUTDOWN, nothing after) to every open file, so idle guests learn of it at once too.
  *
  * Request: op u32 @0, reserved u32 @4, arguments @8 (little-endian, per op below).
  * Reply:   status i32 @0 (0 or -errno), op u32 @4, results @8; fds as SCM_RIGHTS.
@@ -34,9 +36,10 @@
  * | DEBUG_READ 0x100 | res_id, offset, length u32 | the host's view of those bytes | |
  * | DEBUG_STATE 0x101 | – | JSON (UTF-8) of the emulator's state | |
  * | DEBUG_FAIL_SUBMISSION 0x102 | errno u32 | – (this file's next EXECBUFFER is refused with it) | |
+ * | SHUTDOWN 0x200 | (never sent by the guest) | a notice: status -ESHUTDOWN | |
  */
 
-export const PROTOCOL_VERSION = 2
+export const PROTOCOL_VERSION = 3
 
 export const Op = {
   OPEN: 1,
@@ -54,7 +57,8 @@ export const Op = {
   GEM_CLOSE: 13,
   DEBUG_READ: 0x100,
   DEBUG_STATE: 0x101,
-  DEBUG_FAIL_SUBMISSION: 0x102
+  DEBUG_FAIL_SUBMISSION: 0x102,
+  SHUTDOWN: 0x200
 } as const
 
 export type OpCode = (typeof Op)[keyof typeof Op]
@@ -76,7 +80,8 @@ export const opName: Record<number, string> = {
   [Op.GEM_CLOSE]: "GEM_CLOSE",
   [Op.DEBUG_READ]: "DEBUG_READ",
   [Op.DEBUG_STATE]: "DEBUG_STATE",
-  [Op.DEBUG_FAIL_SUBMISSION]: "DEBUG_FAIL_SUBMISSION"
+  [Op.DEBUG_FAIL_SUBMISSION]: "DEBUG_FAIL_SUBMISSION",
+  [Op.SHUTDOWN]: "SHUTDOWN"
 }
 
 export const HEADER_SIZE = 8

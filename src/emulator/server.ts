@@ -88,7 +88,16 @@ export const startEmulator = (options: EmulatorOptions): Effect.Effect<Emulator,
       conns.delete(c)
       gpu.closeFile(c.file)
     }
-    yield* Effect.addFinalizer(() => Effect.sync(() => [...conns].forEach(closeConn)))
+    /** The emulator is going away: every open file is told (notice + event mark), then closed. */
+    const shutDown = (c: Conn): void => {
+      if (!c.closed) {
+        io.outView.setInt32(0, -Errno.ESHUTDOWN, true)
+        io.outView.setUint32(4, Op.SHUTDOWN, true)
+        if (io.send(c.fd, HEADER_SIZE, [], MSG_DONTWAIT | MSG_NOSIGNAL) >= 0) sys.write(c.file.eventFd, errorMark, 8)
+      }
+      closeConn(c)
+    }
+    yield* Effect.addFinalizer(() => Effect.sync(() => [...conns].forEach(shutDown)))
 
     /** Build and send one reply: status, op, then `fill` writes results from offset 8 and returns the end. */
     const reply = (c: Conn, op: number, status: number, fill?: (v: DataView, b: Uint8Array) => number, fds: readonly number[] = []): void => {

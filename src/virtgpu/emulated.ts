@@ -136,10 +136,11 @@ export class EmulatedDevice implements VirtGpuDevice {
       throw new VirtGpuError({ reason: "Protocol", op: name, errno: n < 0 ? -n : Errno.EPROTO, message: `${name}: emulator ${this.socketPath}: ${why}` })
     }
     const status = io.inView.getInt32(0, true)
-    if (io.inView.getUint32(4, true) === Op.EXECBUFFER) {
-      // A notice, not our reply (EXECBUFFER gets none): an earlier submission was refused.
+    const replyOp = io.inView.getUint32(4, true)
+    if (replyOp === Op.EXECBUFFER || replyOp === Op.SHUTDOWN) {
+      // A notice, not our reply (EXECBUFFER gets none): an earlier submission was refused, or the emulator is going away.
       got.forEach((x) => sys.close(x))
-      throw this.#fail(n)
+      throw replyOp === Op.SHUTDOWN ? this.#shutdown() : this.#fail(n)
     }
     if (status < 0) {
       got.forEach((x) => sys.close(x))
@@ -159,7 +160,18 @@ export class EmulatedDevice implements VirtGpuDevice {
     return this.#failure
   }
 
-  /** Reads the pending EXECBUFFER_FAILED notice (the event counter says one was sent). */
+  /** The SHUTDOWN notice: the device is gone for good. */
+  #shutdown(): VirtGpuError {
+    this.#failure = new VirtGpuError({
+      reason: "Protocol",
+      op: "read events",
+      errno: Errno.ESHUTDOWN,
+      message: `the emulated device shut down (sommelier emulate-host at ${this.socketPath} stopped); the device is gone`
+    })
+    return this.#failure
+  }
+
+  /** Reads the pending notice (the event counter says one was sent): EXECBUFFER_FAILED or SHUTDOWN. */
   #takeNotice(): VirtGpuError {
     if (this.#failure !== null) return this.#failure
     const io = this.#io
@@ -167,6 +179,7 @@ export class EmulatedDevice implements VirtGpuDevice {
       const n = io.recv(this.#fd, MSG_CMSG_CLOEXEC | MSG_DONTWAIT)
       io.closeFds()
       if (n >= HEADER_SIZE && io.inView.getUint32(4, true) === Op.EXECBUFFER) return this.#fail(n)
+      if (n >= HEADER_SIZE && io.inView.getUint32(4, true) === Op.SHUTDOWN) return this.#shutdown()
       if (n <= 0) {
         // The counter says a notice was sent, yet none is there: fail anyway, naming that.
         this.#failure = new VirtGpuError({ reason: "Protocol", op: "VIRTGPU_EXECBUFFER", errno: Errno.EIO, message: `VIRTGPU_EXECBUFFER: the emulator signalled a refused submission but sent no notice (${this.name})` })

@@ -1,6 +1,7 @@
 /**
  * Cross-domain mode when the device goes away under a running proxy (the emulator process, i.e.
- * the VMM side, is killed): a new client is refused at once with a `wl_display.error` naming the
+ * the VMM side, stops): a client connected and idle is told at once (the emulator's SHUTDOWN
+ * notice wakes it), a new client is refused at once with a `wl_display.error` naming the
  * device, the proxy runs on, a device that opens but offers no Wayland channel is refused the
  * same way, and once a working emulator listens on the same path again new clients are served.
  * Failed set-ups leave no fd behind (they run in plain code from the accept callback:
@@ -19,6 +20,7 @@ import { emulatedLayer } from "../../src/virtgpu/emulated.js"
 import { connectRaw, decodeDisplayError, registryAndSync, syncDone, type RawMessage } from "../e2e/raw-client.js"
 import { fdSnapshot } from "../helpers/proxy.js"
 import { headlessHost } from "../helpers/weston.js"
+import { until } from "../robustness/proxy.js"
 import { startEmulatorProcess } from "./transport.js"
 
 const tempDir = (prefix: string) =>
@@ -63,8 +65,17 @@ describe("cross-domain faults", () => {
       yield* Effect.sleep("200 millis")
       const before = fdSnapshot()
 
-      // The VMM side dies: the next client is told why, at once.
+      // A client connected and idle (nothing to send) when the device goes away.
+      const idle = yield* connectRaw(socketPath)
+      idle.send(registryAndSync())
+      expect((yield* idle.read((ms) => syncDone(ms), 10_000)).eof).toBe(false)
+
+      // The VMM side stops (SIGTERM): the idle client is told at once, the next client too.
       yield* Scope.close(emulatorScope, Exit.void)
+      const cut = yield* idle.read((_, eof) => eof, 3000)
+      expect(cut.eof).toBe(true)
+      expect(displayErrors(cut.messages)).toEqual([expect.stringMatching(/the emulated device shut down \(sommelier emulate-host at .*virtgpu-emu stopped\)/)])
+      yield* until("the idle client to be gone", () => server.activeClients() === 0)
       for (let i = 0; i < 3; i++) {
         const t0 = Date.now()
         const refused = yield* registryThrough(socketPath)
