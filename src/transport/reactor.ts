@@ -97,15 +97,15 @@ class ReactorImpl implements ReactorService {
   }
 
   watch(fd: number, events: number, onReady: (events: number) => void): Watch {
-    if (this.#closed) throw syscallError("epoll_ctl", Errno.EBADF, "reactor is closed")
+    if (this.#closed) throw syscallError("watch", Errno.EBADF, "reactor is closed")
     const st = this.#stat
     const r = sys.fstat(fd, st)
-    if (r < 0) throw syscallError("epoll_ctl", -r, `add fd ${fd}`)
+    if (r < 0) throw syscallError("fstat", -r, `watch fd ${fd}`)
     const dev = st[0]!
     const ino = st[1]!
     const existing = this.#byFd.get(fd)
     if (existing !== undefined) {
-      if (existing.dev === dev && existing.ino === ino) throw syscallError("epoll_ctl", Errno.EEXIST, `add fd ${fd}`)
+      if (existing.dev === dev && existing.ino === ino) throw syscallError("watch", Errno.EEXIST, `fd ${fd} is already watched`)
       // Its fd was closed before the watch and the number reused: that watch is dead.
       this.#remove(existing)
     }
@@ -114,14 +114,14 @@ class ReactorImpl implements ReactorService {
     try {
       poll = this.#group.open(fd, (status, uvEvents) => this.#dispatch(entry, status, uvEvents))
     } catch (e) {
-      if (e instanceof UvError) throw syscallError("epoll_ctl", -e.status, `add fd ${fd}: ${e.message}`)
+      if (e instanceof UvError) throw syscallError("uv_poll_init", -e.status, `watch fd ${fd}: ${e.message}`)
       throw e
     }
     entry.poll = poll
     const started = poll.start(toUv(events))
     if (started !== 0) {
       poll.close()
-      throw syscallError("epoll_ctl", -started, `add fd ${fd}: uv_poll_start failed`)
+      throw syscallError("uv_poll_start", -started, `watch fd ${fd}`)
     }
     this.#byFd.set(fd, entry)
     return {
@@ -129,7 +129,7 @@ class ReactorImpl implements ReactorService {
       setEvents: (next: number) => {
         if (entry.closed || next === entry.events) return
         const status = poll.start(toUv(next))
-        if (status !== 0) throw syscallError("epoll_ctl", -status, `modify fd ${fd}`)
+        if (status !== 0) throw syscallError("uv_poll_start", -status, `change the events of fd ${fd}`)
         entry.events = next
       },
       close: () => this.#remove(entry)
