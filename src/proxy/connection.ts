@@ -201,6 +201,9 @@ interface GlobalInfo {
   readonly version: number
 }
 
+/** An error's own message (no "Name:" prefix: clients read it in a wl_display.error). */
+const errorText = (e: unknown): string => (e instanceof Error && e.message !== "" ? e.message : String(e))
+
 const u32 = readU32
 const putU32 = writeU32
 
@@ -301,7 +304,7 @@ export class Connection {
     try {
       r = this.client.fill()
     } catch (e) {
-      this.end({ _tag: "IoError", message: `client read failed: ${String(e)}` })
+      this.end({ _tag: "IoError", message: `client read failed: ${errorText(e)}` })
       return false
     }
     if (this.client.inEnd > this.client.inStart) {
@@ -566,7 +569,7 @@ export class Connection {
         // A compositor that exits or crashes with our requests unread resets the connection
         // (after everything it sent was read: the kernel reports the error last).
         const code = (e as { code?: unknown }).code
-        this.end(code === "ECONNRESET" ? { _tag: "HostClosed" } : { _tag: "IoError", message: `compositor read failed: ${String(e)}` })
+        this.end(code === "ECONNRESET" ? { _tag: "HostClosed" } : { _tag: "IoError", message: `compositor read failed: ${errorText(e)}` })
         return false
       }
       const got = host.inEnd - host.inStart - before
