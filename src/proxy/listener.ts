@@ -117,19 +117,20 @@ export const localConnector = (hostPath: string): HostConnector => {
     const endpoint = new SocketEndpoint(fd, { maxPendingBytes: limits.maxHostBacklog })
     return { side: { endpoint }, release: () => endpoint.close() }
   }
-  return {
-    description: hostPath,
-    connectSync,
-    connect: (client) =>
-      Effect.acquireRelease(
-        Effect.suspend(() => {
-          const r = connectSync(client)
-          return r instanceof HostConnectError ? Effect.fail(r) : Effect.succeed(r)
-        }),
-        (r) => Effect.sync(r.release)
-      ).pipe(Effect.map((r) => r.side))
-  }
+  return { description: hostPath, connectSync, connect: scopedConnect(connectSync) }
 }
+
+/** `HostConnector.connect` from its plain `connectSync`: what it opened is released with the scope. */
+export const scopedConnect =
+  (connectSync: NonNullable<HostConnector["connectSync"]>): HostConnector["connect"] =>
+  (client) =>
+    Effect.acquireRelease(
+      Effect.suspend(() => {
+        const r = connectSync(client)
+        return r instanceof HostConnectError ? Effect.fail(r) : Effect.succeed(r)
+      }),
+      (r) => Effect.sync(r.release)
+    ).pipe(Effect.map((r) => r.side))
 
 /**
  * One `ConnectionHooks` from several. Where two sources hook the same message they run in

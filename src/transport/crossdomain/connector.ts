@@ -10,9 +10,9 @@
  *
  * Not here: choosing the mode or the device (the CLI does), the listener (src/proxy/listener.ts).
  */
-import { Effect, Runtime, type Scope } from "effect"
+import { Effect, Runtime } from "effect"
 import { Protocols } from "../../protocol/registry.js"
-import { HostConnectError, type HostConnector, type HostSide, type OpenedHostSide } from "../../proxy/listener.js"
+import { HostConnectError, scopedConnect, type HostConnector, type HostSide, type OpenedHostSide } from "../../proxy/listener.js"
 import {
   PARAM_3D_FEATURES,
   PARAM_CAPSET_QUERY_FIX,
@@ -154,13 +154,5 @@ export const crossDomainConnector = (options: CrossDomainConnectorOptions): Effe
       }
       return { side, release }
     }
-    const connect = (client: { readonly id: number }): Effect.Effect<HostSide, HostConnectError, Scope.Scope> =>
-      Effect.acquireRelease(
-        Effect.suspend(() => {
-          const r = connectSync(client)
-          return r instanceof HostConnectError ? Effect.fail(r) : Effect.succeed(r)
-        }),
-        (r) => Effect.sync(r.release)
-      ).pipe(Effect.map((r) => r.side))
-    return { description: options.description, connect, connectSync } satisfies HostConnector
+    return { description: options.description, connect: scopedConnect(connectSync), connectSync } satisfies HostConnector
   })
