@@ -101,6 +101,12 @@ export interface VirtGpuDevice {
   execbuffer(args: ExecbufferArgs): void
   /** Readable (EPOLLIN) while fence events are queued: watch it with the reactor. */
   readonly eventFd: number
+  /**
+   * Emulated devices only: the connection to the emulator, which hangs up (EPOLLRDHUP) when the
+   * VMM side is gone, even killed. Watch it for that alone; its traffic belongs to the device.
+   * (A real VMM going away takes the guest with it.)
+   */
+  readonly hangupFd?: number
   /** Drains queued events without blocking; each is a `drm_event` type (FENCE_SIGNALED). */
   readEvents(): readonly number[]
   resourceInfo(handle: number): ResourceInfo

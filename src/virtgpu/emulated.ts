@@ -117,6 +117,10 @@ export class EmulatedDevice implements VirtGpuDevice {
     }
   }
 
+  get hangupFd(): number {
+    return this.#fd
+  }
+
   /** One request/reply. `build` writes the arguments from offset 8 and returns the length. */
   #call(op: number, build?: (v: DataView, b: Uint8Array) => number, fds: readonly number[] = [], detail?: string): Reply {
     const name = opName[op] ?? `op ${op}`

@@ -3,7 +3,9 @@
  * the VMM side, stops): a client connected and idle is told at once (the emulator's SHUTDOWN
  * notice wakes it), a new client is refused at once with a `wl_display.error` naming the
  * device, the proxy runs on, a device that opens but offers no Wayland channel is refused the
- * same way, and once a working emulator listens on the same path again new clients are served.
+ * same way, once a working emulator listens on the same path again new clients are served, and
+ * when that one is killed outright (SIGKILL: no notice) an idle client still ends at once (the
+ * channel watches the device connection for a hang-up).
  * Failed set-ups leave no fd behind (they run in plain code from the accept callback:
  * `connectSync`, which must close what it opened on every error path).
  */
@@ -106,11 +108,22 @@ describe("cross-domain faults", () => {
       yield* Scope.close(noChannel, Exit.void)
 
       // The device is back on the same path: new clients work again.
-      yield* startEmulatorProcess(emuPath, host.socketPath)
+      const back = yield* startEmulatorProcess(emuPath, host.socketPath)
       const again = yield* registryThrough(socketPath)
       expect(again.errors).toEqual([])
       expect(again.done).toBe(true)
       expect(again.globals).toBe(ok.globals)
+
+      // Killed outright (no finalizer, no notice): an idle client still learns at once, from
+      // the device connection's hang-up.
+      const idle2 = yield* connectRaw(socketPath)
+      idle2.send(registryAndSync())
+      expect((yield* idle2.read((ms) => syncDone(ms), 10_000)).eof).toBe(false)
+      back.kill("SIGKILL")
+      const cut2 = yield* idle2.read((_, eof) => eof, 3000)
+      expect(cut2.eof).toBe(true)
+      expect(displayErrors(cut2.messages)).toEqual([expect.stringMatching(/emulated:.*virtgpu-emu: the device's host side hung up \(the emulator is gone\)/)])
+      yield* until("the second idle client to be gone", () => server.activeClients() === 0)
     })
   )
 })

@@ -40,8 +40,11 @@ const privateDir = (prefix: string): Effect.Effect<string, never, Scope.Scope> =
     (dir) => Effect.sync(() => rmSync(dir, { recursive: true, force: true }))
   )
 
-/** Starts the emulator child on `listenPath`; resolves once it prints "ready". Killed with the scope. */
-export const startEmulatorProcess = (listenPath: string, waylandSocket: string): Effect.Effect<{ readonly log: () => string }, Error, Scope.Scope> =>
+/** Starts the emulator child on `listenPath`; resolves once it prints "ready". Killed with the scope (SIGTERM), or earlier with `kill`. */
+export const startEmulatorProcess = (
+  listenPath: string,
+  waylandSocket: string
+): Effect.Effect<{ readonly log: () => string; readonly kill: (signal: NodeJS.Signals) => void }, Error, Scope.Scope> =>
   Effect.acquireRelease(
     Effect.async<{ child: ReturnType<typeof spawn>; log: () => string }, Error>((resume) => {
       const child = spawn(process.execPath, ["--import", "tsx", join(here, "fixtures", "emulate-host.ts"), listenPath, waylandSocket], {
@@ -76,7 +79,7 @@ export const startEmulatorProcess = (listenPath: string, waylandSocket: string):
         child.once("exit", () => resume(Effect.void))
         child.kill("SIGTERM")
       }).pipe(Effect.timeout(Duration.seconds(5)), Effect.ignore)
-  ).pipe(Effect.map(({ log }) => ({ log })))
+  ).pipe(Effect.map(({ child, log }) => ({ log, kill: (signal: NodeJS.Signals) => void child.kill(signal) })))
 
 /** The whole cross-domain stack in front of the compositor at `hostSocketPath`. */
 export const startCrossDomainProxy = (hostSocketPath: string): Effect.Effect<CrossDomainProxy, unknown, Scope.Scope> =>

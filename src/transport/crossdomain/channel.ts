@@ -47,7 +47,7 @@ import {
   type Mapping,
   type VirtGpuDevice
 } from "../../virtgpu/device.js"
-import { EPOLLIN, EPOLLOUT, type Watch } from "../reactor.js"
+import { EPOLLIN, EPOLLOUT, EPOLLRDHUP, type Watch } from "../reactor.js"
 import { memfdCreate } from "../memfd.js"
 import * as P from "./protocol.js"
 
@@ -70,6 +70,11 @@ export interface ChannelOptions {
   readonly maxPipeBacklog?: number
   /** When POLL is re-armed after a fence (see the module comment). Default "deferred". */
   readonly rearm?: "settle" | "deferred" | "now"
+  /**
+   * The device's VMM side hung up (emulated devices: `VirtGpuDevice.hangupFd`): nothing will
+   * ever arrive again. Called once, from the reactor; without it the hang-up is not watched.
+   */
+  readonly onDeviceLost?: (message: string) => void
 }
 
 /** What `classify` found an fd to be. */
@@ -182,6 +187,7 @@ export class CrossDomainChannel {
       device.execbuffer({ command: P.encodeInit({ queryRingId: query.resId, channelRingId: channel.resId, channelType: P.CHANNEL_TYPE_WAYLAND }) })
       const ch = new CrossDomainChannel(device, options, caps, query, queryMap, channel, channelMap)
       ch.#arm()
+      ch.#watchHangup()
       return ch
     } catch (e) {
       for (const f of undo.reverse()) {
@@ -192,6 +198,37 @@ export class CrossDomainChannel {
         }
       }
       throw e
+    }
+  }
+
+  #hangupWatch: Watch | null = null
+
+  /** Watches the device's hang-up fd, if it has one and the owner wants to know (best effort). */
+  #watchHangup(): void {
+    const fd = this.#device.hangupFd
+    const lost = this.#options.onDeviceLost
+    if (fd === undefined || fd < 0 || lost === undefined) return
+    // libuv makes a polled fd non-blocking; the device's requests block on it (like ioctls), so
+    // its flags are put back once the watch exists (polling does not need O_NONBLOCK).
+    const flags = sys.fcntl(fd, F_GETFL)
+    try {
+      this.#hangupWatch = this.#options.reactor.watch(fd, EPOLLRDHUP, () => {
+        this.#hangupWatch?.close()
+        this.#hangupWatch = null
+        if (this.#closed) return
+        // A host side that stopped in order said why (a notice behind the event fd): prefer that.
+        let message = `${this.#device.name}: the device's host side hung up (the emulator is gone)`
+        try {
+          this.#device.readEvents()
+        } catch (e) {
+          if (e instanceof VirtGpuError) message = e.message
+        }
+        lost(message)
+      })
+    } catch (e) {
+      this.#warn(`cannot watch ${this.#device.name} for a hang-up: ${describe(e)}`)
+    } finally {
+      if (flags >= 0) sys.fcntl(fd, F_SETFL, flags)
     }
   }
 
@@ -704,6 +741,8 @@ export class CrossDomainChannel {
     if (this.#closed) return
     this.#closed = true
     this.#rearmDue = false
+    this.#hangupWatch?.close()
+    this.#hangupWatch = null
     for (const [id, p] of this.#writePipes) this.#closeWritePipe(id, p)
     for (const [id, p] of this.#readPipes) this.#closeReadPipe(id, p)
     for (const fd of this.#pendingReadPipes.values()) sys.close(fd)

@@ -109,9 +109,11 @@ export const crossDomainConnector = (options: CrossDomainConnectorOptions): Effe
       }
       // Off the data path: a pipe the channel gave up on, a keymap passed through as received.
       const warn = (message: string): void => void runFork(Effect.logWarning(`client ${id}: cross-domain: ${message}`))
+      // The device's host side hanging up ends the connection (set once it exists).
+      let lost: (message: string) => void = () => {}
       let channel: CrossDomainChannel
       try {
-        channel = CrossDomainChannel.open(device, { reactor, onWarning: warn, rearm: "settle" })
+        channel = CrossDomainChannel.open(device, { reactor, onWarning: warn, rearm: "settle", onDeviceLost: (m) => lost(m) })
       } catch (e) {
         device.close()
         return new HostConnectError({
@@ -150,6 +152,7 @@ export const crossDomainConnector = (options: CrossDomainConnectorOptions): Effe
         mappedIds: true,
         attach: (conn) => {
           endpoint.onFatal = (reason) => conn.end(reason)
+          lost = (message) => conn.end({ _tag: "IoError", message })
         }
       }
       return { side, release }
