@@ -911,17 +911,16 @@ interface HopRow {
   readonly medianUs: number
   readonly ratio: number
   readonly rounds: number
-  /** Where the figure came from: this section, or the latency table of the same run. */
-  readonly from: "hops" | "modes"
 }
 
 /**
- * Round trips through chains of processes, interleaved over rounds with direct: one and two
- * native relays (relay.c: one epoll_wait, recvmsg and sendmsg per wake-up) and two local-mode
- * proxies in a row. They bound what a path of one or two processes can cost on this machine,
- * next to sommelier's local (one process) and cross-domain (serve + emulate-host: two) paths.
+ * Round trips through chains of processes, all measured here in the same interleaved rounds as
+ * direct (the machine's speed drifts between sections): one and two native relays (relay.c: one
+ * epoll_wait, recvmsg and sendmsg per wake-up), one and two local-mode proxies in a row, and the
+ * cross-domain pair (serve + emulate-host). They bound what a path of one or two processes can
+ * cost on this machine.
  */
-const runHops = async (env: Env, weston: Weston, s: ReturnType<typeof sizes>, fromModes: Record<string, Cell> | undefined): Promise<HopRow[]> => {
+const runHops = async (env: Env, weston: Weston, s: ReturnType<typeof sizes>): Promise<HopRow[]> => {
   const relay = buildRelay()
   const dir = join(env.runDir, "hops")
   mkdirSync(dir, { recursive: true })
@@ -948,11 +947,17 @@ const runHops = async (env: Env, weston: Weston, s: ReturnType<typeof sizes>, fr
     }
     return upstream
   }
+  const crossDomain = async (): Promise<string> => {
+    const { target } = await startCrossDomain({ ...env, runDir: dir }, weston, () => [], "hops-xd")
+    return target.env["WAYLAND_DISPLAY"]!
+  }
   const paths: Array<{ readonly path: string; readonly hops: number; readonly display: string }> = [
     { path: "direct", hops: 0, display: weston.socketPath },
     { path: "native relay (relay.c)", hops: 1, display: await relayChain(1, "relay1") },
+    { path: "sommelier local", hops: 1, display: await localChain(1, "local1") },
     { path: "native relay → native relay", hops: 2, display: await relayChain(2, "relay2") },
-    { path: "sommelier local → sommelier local", hops: 2, display: await localChain(2, "local2") }
+    { path: "sommelier local → sommelier local", hops: 2, display: await localChain(2, "local2") },
+    { path: "sommelier cross-domain: serve → emulate-host", hops: 2, display: await crossDomain() }
   ]
   const args = ["roundtrip", s.roundtrip.n, s.roundtrip.warm]
   const runs = new Map<string, number[]>(paths.map((p) => [p.path, []]))
@@ -968,25 +973,16 @@ const runHops = async (env: Env, weston: Weston, s: ReturnType<typeof sizes>, fr
   }
   process.stdout.write("\n")
   const direct = median(runs.get("direct")!)
-  const rows: HopRow[] = paths.map((p) => {
+  return paths.map((p) => {
     const xs = runs.get(p.path)!
     const v = median(xs)
-    return { path: p.path, hops: p.hops, medianUs: v, ratio: v / direct, rounds: xs.length, from: "hops" as const }
+    return { path: p.path, hops: p.hops, medianUs: v, ratio: v / direct, rounds: xs.length }
   })
-  const ours: Array<[string, number, string]> = [
-    ["sommelier local (latency table above)", 1, "local"],
-    ["sommelier cross-domain: serve → emulate-host (latency table above)", 2, "cross-domain"]
-  ]
-  for (const [path, hops, name] of ours) {
-    const c = fromModes?.[name]
-    if (c !== undefined && Number.isFinite(c.value)) rows.push({ path, hops, medianUs: c.value, ratio: c.ratio, rounds: c.rounds, from: "modes" })
-  }
-  return rows.sort((a, b) => a.hops - b.hops || a.medianUs - b.medianUs)
 }
 
 const hopsTable = (rows: readonly HopRow[]): string =>
   [
-    "Round trips through chains of processes between the client and weston (every process on one CPU). The native relay is the least such a process can do; ratios are to this section's direct run, or to the latency table's for its rows.",
+    "Round trips through chains of processes between the client and weston, every row in the same interleaved rounds (every process on one CPU). The native relay is the least such a process can do.",
     "",
     "| path (client → … → weston) | processes between | roundtrip median (µs) | × direct |",
     "|---|---:|---:|---:|",
@@ -1255,7 +1251,7 @@ const measure = async (
   if (!settings.skip.has("hops")) {
     console.log("\n## hops: the cost of each process on the path")
     try {
-      const rows = await runHops(env, weston, s, (result["modes"] as Record<string, Record<string, Cell>> | undefined)?.["roundtrip.median"])
+      const rows = await runHops(env, weston, s)
       const table = hopsTable(rows)
       console.log("\n" + table)
       sections.push(["hops", table])
