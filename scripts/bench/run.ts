@@ -911,6 +911,9 @@ interface HopRow {
   readonly medianUs: number
   readonly ratio: number
   readonly rounds: number
+  /** shm partial-damage frames/s and its ratio to direct (one-process paths only). */
+  readonly partialFps?: number
+  readonly partialRatio?: number
 }
 
 /**
@@ -971,12 +974,27 @@ const runHops = async (env: Env, weston: Weston, s: ReturnType<typeof sizes>): P
     }
     process.stdout.write(".")
   }
+  // Partial damage (each frame waits for the buffer's release: one round trip per frame) through
+  // the one-process paths: how close the least a process can do gets to direct.
+  const partialArgs = modeArgs(s)["shm-partial"]!
+  const partial = new Map<string, number[]>()
+  const onePaths = paths.filter((p) => p.hops <= 1)
+  for (let round = 0; round < env.settings.rounds; round++) {
+    for (const p of onePaths) {
+      const [j] = await runClient(env, { name: p.path, env: clientEnv(env.runDir, p.display) }, partialArgs)
+      const v = Number(j?.["fps"])
+      if (Number.isFinite(v)) partial.set(p.path, [...(partial.get(p.path) ?? []), v])
+    }
+    process.stdout.write(".")
+  }
   process.stdout.write("\n")
   const direct = median(runs.get("direct")!)
+  const directFps = median(partial.get("direct") ?? [])
   return paths.map((p) => {
     const xs = runs.get(p.path)!
     const v = median(xs)
-    return { path: p.path, hops: p.hops, medianUs: v, ratio: v / direct, rounds: xs.length }
+    const fps = partial.has(p.path) ? median(partial.get(p.path)!) : undefined
+    return { path: p.path, hops: p.hops, medianUs: v, ratio: v / direct, rounds: xs.length, ...(fps !== undefined ? { partialFps: fps, partialRatio: fps / directFps } : {}) }
   })
 }
 
@@ -984,9 +1002,9 @@ const hopsTable = (rows: readonly HopRow[]): string =>
   [
     "Round trips through chains of processes between the client and weston, every row in the same interleaved rounds (every process on one CPU). The native relay is the least such a process can do.",
     "",
-    "| path (client → … → weston) | processes between | roundtrip median (µs) | × direct |",
-    "|---|---:|---:|---:|",
-    ...rows.map((r) => `| ${r.path} | ${r.hops} | ${fmt(r.medianUs)} | ${r.ratio.toFixed(2)}× |`)
+    "| path (client → … → weston) | processes between | roundtrip median (µs) | × direct | shm partial damage (frames/s) |",
+    "|---|---:|---:|---:|---:|",
+    ...rows.map((r) => `| ${r.path} | ${r.hops} | ${fmt(r.medianUs)} | ${r.ratio.toFixed(2)}× | ${r.partialFps !== undefined ? `${fmt(r.partialFps)} (${r.partialRatio!.toFixed(2)}×)` : ""} |`)
   ].join("\n")
 
 // ---------------------------------------------------------------------------------------------
