@@ -47,6 +47,7 @@ import {
   CMD_RECEIVE,
   CMD_SEND,
   CMD_WRITE,
+  dataView,
   ID_TYPE_EVENT,
   ID_TYPE_READ_PIPE,
   ID_TYPE_SOCKET,
@@ -571,7 +572,7 @@ export class CrossDomainContext<F extends Fence = Fence> {
     if (ring === null) return this.#halt(`channel ring ${this.#state!.channelRingId} is not attached`)
     if (ring.length < SEND_HEADER_SIZE + n) return this.#halt("channel ring too small")
     ring.fill(0, 0, SEND_HEADER_SIZE)
-    const v = this.#ringView(ring)
+    const v = dataView(ring)
     v.setUint8(0, CMD_RECEIVE)
     v.setUint32(8, ids.length, true)
     v.setUint32(12, n, true)
@@ -588,18 +589,6 @@ export class CrossDomainContext<F extends Fence = Fence> {
       this.#log("compositor closed the connection; answering POLLs with empty RECEIVEs")
     }
     this.#signal(this.#pending.shift()!)
-  }
-
-  #ringViewOf: Uint8Array | null = null
-  #ringViewCached: DataView | null = null
-
-  /** A DataView of the channel ring (kept: one per message would be garbage on every round trip). */
-  #ringView(ring: Uint8Array): DataView {
-    if (this.#ringViewOf !== ring || this.#ringViewCached === null) {
-      this.#ringViewOf = ring
-      this.#ringViewCached = new DataView(ring.buffer, ring.byteOffset, ring.byteLength)
-    }
-    return this.#ringViewCached
   }
 
   /** Host fd → [identifier, type, size] (spec §4.7 order), or an error text. Takes the fd. */
@@ -648,7 +637,7 @@ export class CrossDomainContext<F extends Fence = Fence> {
     const n = sys.read(item.fd, ring.subarray(READ_WRITE_HEADER_SIZE), ring.length - READ_WRITE_HEADER_SIZE)
     if (n === -Errno.EAGAIN) return
     if (n < 0) return this.#halt(`read pipe ${id}: ${errnoText(-n)}`)
-    const v = this.#ringView(ring)
+    const v = dataView(ring)
     for (let k = 0; k < READ_WRITE_HEADER_SIZE; k += 4) v.setUint32(k, 0, true)
     v.setUint8(0, CMD_READ)
     v.setUint32(8, id, true)

@@ -80,11 +80,12 @@ export const ReadWriteOffset = { identifier: 8, hangUp: 12, opaqueDataSize: 16, 
 
 /**
  * A DataView over `b`, kept per array: the channel encodes into and decodes from the same few
- * buffers (its send buffer, the mapped rings) on every round trip, and constructing a DataView
- * is a call into V8's runtime that showed in profiles of the data path.
+ * buffers (its send buffer, the mapped rings) on every round trip, as does the emulator (the
+ * channel ring it writes RECEIVEs and READs into), and constructing a DataView is a call into
+ * V8's runtime that showed in profiles of the data path.
  */
 const views = new WeakMap<Uint8Array, DataView>()
-const view = (b: Uint8Array): DataView => {
+export const dataView = (b: Uint8Array): DataView => {
   let d = views.get(b)
   if (d === undefined) {
     d = new DataView(b.buffer, b.byteOffset, b.byteLength)
@@ -114,7 +115,7 @@ export const writeHeader = (d: DataView, off: number, cmd: number, cmdSize: numb
 
 export const readHeader = (b: Uint8Array, off = 0): Header | undefined => {
   if (b.length - off < HEADER_SIZE) return undefined
-  const d = view(b)
+  const d = dataView(b)
   return { cmd: d.getUint8(off), ringIdx: d.getUint8(off + 1), cmdSize: d.getUint16(off + 2, true) }
 }
 
@@ -131,7 +132,7 @@ export interface Capabilities {
 
 export const encodeCapabilities = (c: Capabilities): Uint8Array => {
   const b = new Uint8Array(CAPS_SIZE)
-  const d = view(b)
+  const d = dataView(b)
   d.setUint32(0, c.version, true)
   d.setUint32(4, c.supportedChannels, true)
   d.setUint32(8, c.supportsDmabuf ? 1 : 0, true)
@@ -143,7 +144,7 @@ export const encodeCapabilities = (c: Capabilities): Uint8Array => {
 export const decodeCapabilities = (b: Uint8Array): Capabilities => {
   const full = new Uint8Array(CAPS_SIZE)
   full.set(b.subarray(0, CAPS_SIZE))
-  const d = view(full)
+  const d = dataView(full)
   return {
     version: d.getUint32(0, true),
     supportedChannels: d.getUint32(4, true),
@@ -161,7 +162,7 @@ export interface Init {
 /** The 20-byte standard INIT; send it alone in its EXECBUFFER (hosts pick the variant by size). */
 export const encodeInit = (i: Init): Uint8Array => {
   const b = new Uint8Array(INIT_SIZE)
-  const d = view(b)
+  const d = dataView(b)
   writeHeader(d, 0, CMD_INIT, INIT_SIZE)
   d.setUint32(8, i.queryRingId, true)
   d.setUint32(12, i.channelRingId, true)
@@ -180,7 +181,7 @@ export interface GetImageRequirements {
 
 export const encodeGetImageRequirements = (r: GetImageRequirements): Uint8Array => {
   const b = new Uint8Array(GET_IMAGE_REQUIREMENTS_SIZE)
-  const d = view(b)
+  const d = dataView(b)
   writeHeader(d, 0, CMD_GET_IMAGE_REQUIREMENTS, GET_IMAGE_REQUIREMENTS_SIZE)
   d.setUint32(8, r.width, true)
   d.setUint32(12, r.height, true)
@@ -203,7 +204,7 @@ export interface ImageRequirements {
 /** The reply at query-ring offset 0. */
 export const decodeImageRequirements = (b: Uint8Array): ImageRequirements | Malformed => {
   if (b.length < IMAGE_REQUIREMENTS_SIZE) return malformed(`image requirements need ${IMAGE_REQUIREMENTS_SIZE} bytes, have ${b.length}`)
-  const d = view(b)
+  const d = dataView(b)
   const u = (o: number): number => d.getUint32(o, true)
   return {
     strides: [u(0), u(4), u(8), u(12)],
@@ -219,7 +220,7 @@ export const decodeImageRequirements = (b: Uint8Array): ImageRequirements | Malf
 
 export const encodeImageRequirements = (r: ImageRequirements): Uint8Array => {
   const b = new Uint8Array(IMAGE_REQUIREMENTS_SIZE)
-  const d = view(b)
+  const d = dataView(b)
   for (let i = 0; i < 4; i++) {
     d.setUint32(4 * i, r.strides[i]!, true)
     d.setUint32(16 + 4 * i, r.offsets[i]!, true)
@@ -236,7 +237,7 @@ export const encodeImageRequirements = (r: ImageRequirements): Uint8Array => {
 /** POLL: header + u64 pad; its fence on ring 1 lets the host deliver one message. */
 export const encodePoll = (): Uint8Array => {
   const b = new Uint8Array(POLL_SIZE)
-  writeHeader(view(b), 0, CMD_POLL, POLL_SIZE)
+  writeHeader(dataView(b), 0, CMD_POLL, POLL_SIZE)
   return b
 }
 
@@ -277,7 +278,7 @@ export const writeSendInto = (
   if (len > MAX_SEND_DATA) throw new RangeError(`${len} bytes, at most ${MAX_SEND_DATA} per ${cmd === CMD_SEND ? "SEND" : "RECEIVE"}`)
   const size = SEND_HEADER_SIZE + len
   if (out.length < size) throw new RangeError(`buffer of ${out.length} bytes, need ${size}`)
-  const d = view(out)
+  const d = dataView(out)
   writeHeader(d, 0, cmd, size)
   d.setUint32(SendOffset.numIdentifiers, ids.length, true)
   d.setUint32(SendOffset.opaqueDataSize, len, true)
@@ -314,7 +315,7 @@ export interface Transfer {
 /** Decodes a SEND or RECEIVE at the start of `b` (a ring page or a command buffer). */
 export const decodeTransfer = (b: Uint8Array): Transfer | Malformed => {
   if (b.length < SEND_HEADER_SIZE) return malformed(`SEND/RECEIVE needs ${SEND_HEADER_SIZE} bytes, have ${b.length}`)
-  const d = view(b)
+  const d = dataView(b)
   const cmd = d.getUint8(0)
   if (cmd !== CMD_SEND && cmd !== CMD_RECEIVE) return malformed(`command ${cmd} is not SEND or RECEIVE`)
   const n = d.getUint32(SendOffset.numIdentifiers, true)
@@ -348,7 +349,7 @@ export const writeReadWriteInto = (
   if (len > MAX_WRITE_DATA) throw new RangeError(`${len} bytes, at most ${MAX_WRITE_DATA} per ${cmd === CMD_READ ? "READ" : "WRITE"}`)
   const size = READ_WRITE_HEADER_SIZE + len
   if (out.length < size) throw new RangeError(`buffer of ${out.length} bytes, need ${size}`)
-  const d = view(out)
+  const d = dataView(out)
   writeHeader(d, 0, cmd, size)
   d.setUint32(ReadWriteOffset.identifier, identifier, true)
   d.setUint32(ReadWriteOffset.hangUp, hangUp ? 1 : 0, true)
@@ -380,7 +381,7 @@ export interface PipeData {
 
 export const decodeReadWrite = (b: Uint8Array): PipeData | Malformed => {
   if (b.length < READ_WRITE_HEADER_SIZE) return malformed(`READ/WRITE needs ${READ_WRITE_HEADER_SIZE} bytes, have ${b.length}`)
-  const d = view(b)
+  const d = dataView(b)
   const cmd = d.getUint8(0)
   if (cmd !== CMD_READ && cmd !== CMD_WRITE) return malformed(`command ${cmd} is not READ or WRITE`)
   const len = d.getUint32(ReadWriteOffset.opaqueDataSize, true)
