@@ -88,13 +88,23 @@ export const startEmulator = (options: EmulatorOptions): Effect.Effect<Emulator,
       conns.delete(c)
       gpu.closeFile(c.file)
     }
+    /**
+     * A notice (a reply-shaped datagram no request asked for: status, op, then what `length`
+     * covers, already in `outBuf` from offset 8) and the event mark that wakes the guest for it.
+     * The errno of a failed send, or 0.
+     */
+    const notice = (c: Conn, status: number, op: number, length: number): number => {
+      io.outView.setInt32(0, status, true)
+      io.outView.setUint32(4, op, true)
+      const n = io.send(c.fd, length, [], MSG_DONTWAIT | MSG_NOSIGNAL)
+      if (n < 0) return -n
+      sys.write(c.file.eventFd, errorMark, 8)
+      return 0
+    }
+
     /** The emulator is going away: every open file is told (notice + event mark), then closed. */
     const shutDown = (c: Conn): void => {
-      if (!c.closed) {
-        io.outView.setInt32(0, -Errno.ESHUTDOWN, true)
-        io.outView.setUint32(4, Op.SHUTDOWN, true)
-        if (io.send(c.fd, HEADER_SIZE, [], MSG_DONTWAIT | MSG_NOSIGNAL) >= 0) sys.write(c.file.eventFd, errorMark, 8)
-      }
+      if (!c.closed) notice(c, -Errno.ESHUTDOWN, Op.SHUTDOWN, HEADER_SIZE)
       closeConn(c)
     }
     yield* Effect.addFinalizer(() => Effect.sync(() => [...conns].forEach(shutDown)))
@@ -119,17 +129,14 @@ export const startEmulator = (options: EmulatorOptions): Effect.Effect<Emulator,
       log(`file ${c.file.id}: EXECBUFFER #${seq} (flags 0x${flags.toString(16)}, ring ${ringIdx}) refused with errno ${-status}; the file is failed, later submissions are dropped`)
       if (c.closed) return
       const v = io.outView
-      v.setInt32(0, status, true)
-      v.setUint32(4, Op.EXECBUFFER, true)
       v.setUint32(8, seq, true)
       v.setUint32(12, flags, true)
       v.setUint32(16, ringIdx, true)
-      const n = io.send(c.fd, NOTICE_SIZE, [], MSG_DONTWAIT | MSG_NOSIGNAL)
-      if (n < 0) {
-        log(`file ${c.file.id}: EXECBUFFER notice: errno ${-n}; closing the connection`)
-        return closeConn(c)
+      const errno = notice(c, status, Op.EXECBUFFER, NOTICE_SIZE)
+      if (errno !== 0) {
+        log(`file ${c.file.id}: EXECBUFFER notice: errno ${errno}; closing the connection`)
+        closeConn(c)
       }
-      sys.write(c.file.eventFd, errorMark, 8)
     }
 
     /** A request refused before its handler ran; EXECBUFFER gets no reply, so it fails the file. */

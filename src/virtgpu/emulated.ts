@@ -121,6 +121,11 @@ export class EmulatedDevice implements VirtGpuDevice {
     return this.#fd
   }
 
+  /** Like the kernel, the first GEM handle or submission without CONTEXT_INIT creates a context: one with no rings. */
+  #implicitContext(): void {
+    if (this.#numRings < 0) this.#numRings = 0
+  }
+
   /** One request/reply. `build` writes the arguments from offset 8 and returns the length. */
   #call(op: number, build?: (v: DataView, b: Uint8Array) => number, fds: readonly number[] = [], detail?: string): Reply {
     const name = opName[op] ?? `op ${op}`
@@ -139,13 +144,13 @@ export class EmulatedDevice implements VirtGpuDevice {
       const why = n === -Errno.EAGAIN ? `no reply within ${REPLY_TIMEOUT_MS} ms` : n === 0 ? "the emulator closed the connection" : n < 0 ? `errno ${-n}` : "malformed reply"
       throw new VirtGpuError({ reason: "Protocol", op: name, errno: n < 0 ? -n : Errno.EPROTO, message: `${name}: emulator ${this.socketPath}: ${why}` })
     }
-    const status = io.inView.getInt32(0, true)
-    const replyOp = io.inView.getUint32(4, true)
-    if (replyOp === Op.EXECBUFFER || replyOp === Op.SHUTDOWN) {
+    const noticed = this.#notice(n)
+    if (noticed !== null) {
       // A notice, not our reply (EXECBUFFER gets none): an earlier submission was refused, or the emulator is going away.
       got.forEach((x) => sys.close(x))
-      throw replyOp === Op.SHUTDOWN ? this.#shutdown() : this.#fail(n)
+      throw noticed
     }
+    const status = io.inView.getInt32(0, true)
     if (status < 0) {
       got.forEach((x) => sys.close(x))
       throw virtGpuError(name, -status, detail)
@@ -153,7 +158,17 @@ export class EmulatedDevice implements VirtGpuDevice {
     return { view: io.inView, bytes: io.inBuf, length: n, fds: got }
   }
 
-  /** The EXECBUFFER_FAILED notice in `inBuf[0, n)` fails the device; returns the error every call now throws. */
+  /**
+   * When `inBuf[0, n)` is a notice (EXECBUFFER_FAILED or SHUTDOWN), it fails the device: the
+   * error every call now throws. Otherwise null.
+   */
+  #notice(n: number): VirtGpuError | null {
+    if (n < HEADER_SIZE) return null
+    const op = this.#io.inView.getUint32(4, true)
+    return op === Op.EXECBUFFER ? this.#fail(n) : op === Op.SHUTDOWN ? this.#shutdown() : null
+  }
+
+  /** The EXECBUFFER_FAILED notice in `inBuf[0, n)`. */
   #fail(n: number): VirtGpuError {
     const v = this.#io.inView
     const errno = -v.getInt32(0, true)
@@ -182,8 +197,8 @@ export class EmulatedDevice implements VirtGpuDevice {
     for (;;) {
       const n = io.recv(this.#fd, MSG_CMSG_CLOEXEC | MSG_DONTWAIT)
       io.closeFds()
-      if (n >= HEADER_SIZE && io.inView.getUint32(4, true) === Op.EXECBUFFER) return this.#fail(n)
-      if (n >= HEADER_SIZE && io.inView.getUint32(4, true) === Op.SHUTDOWN) return this.#shutdown()
+      const noticed = this.#notice(n)
+      if (noticed !== null) return noticed
       if (n <= 0) {
         // The counter says a notice was sent, yet none is there: fail anyway, naming that.
         this.#failure = new VirtGpuError({ reason: "Protocol", op: "VIRTGPU_EXECBUFFER", errno: Errno.EIO, message: `VIRTGPU_EXECBUFFER: the emulator signalled a refused submission but sent no notice (${this.name})` })
@@ -280,7 +295,7 @@ export class EmulatedDevice implements VirtGpuDevice {
     )
     const handle = r.view.getUint32(8, true)
     this.#handles.add(handle)
-    if (this.#numRings < 0) this.#numRings = 0
+    this.#implicitContext()
     return { handle, resId: r.view.getUint32(12, true) }
   }
 
@@ -347,8 +362,7 @@ export class EmulatedDevice implements VirtGpuDevice {
       throw virtGpuError(op, -sent, why, sent === -Errno.EBADF ? "Ioctl" : "Protocol")
     }
     this.#submissions++
-    // An implicit context (no CONTEXT_INIT) has no rings.
-    if (this.#numRings < 0) this.#numRings = 0
+    this.#implicitContext()
   }
 
   readEvents(): readonly number[] {
@@ -399,7 +413,7 @@ export class EmulatedDevice implements VirtGpuDevice {
     const r = this.#call(Op.PRIME_FD_TO_HANDLE, undefined, [fd], `fd ${fd}`)
     const handle = r.view.getUint32(8, true)
     this.#handles.add(handle)
-    if (this.#numRings < 0) this.#numRings = 0
+    this.#implicitContext()
     return handle
   }
 
