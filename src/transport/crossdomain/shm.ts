@@ -403,30 +403,26 @@ export const copyState = (ctx: HookContext, into: HookTable): CopyState => {
     }
     if (c.dirty.isEmpty) return
     const dst: Plane = { view: c.image.view, offset: c.image.offset, stride: c.image.stride }
+    let bytes: number | string
     if (c.source.copyInto !== undefined) {
       if (c.dirty.full) counts.fullCopies++
-      const bytes = c.source.copyInto(dst, c.bpp, c.dirty, counts)
-      if (typeof bytes === "string") return violation(SHM_ERROR_INVALID_FD, bytes)
-      c.dirty.clear()
-      counts.commits++
-      const stats = m.connection.stats
-      stats.copiedBytes += bytes
-      stats.copyCommits++
-      return
+      bytes = c.source.copyInto(dst, c.bpp, c.dirty, counts)
+    } else {
+      const src = c.source.begin()
+      if (typeof src === "string") return violation(SHM_ERROR_INVALID_FD, src)
+      try {
+        if (c.dirty.full) counts.fullCopies++
+        bytes = copyRegion(src, dst, c.bpp, c.dirty, counts)
+      } finally {
+        c.source.end()
+      }
     }
-    const src = c.source.begin()
-    if (typeof src === "string") return violation(SHM_ERROR_INVALID_FD, src)
-    try {
-      if (c.dirty.full) counts.fullCopies++
-      const bytes = copyRegion(src, { view: c.image.view, offset: c.image.offset, stride: c.image.stride }, c.bpp, c.dirty, counts)
-      c.dirty.clear()
-      counts.commits++
-      const stats = m.connection.stats
-      stats.copiedBytes += bytes
-      stats.copyCommits++
-    } finally {
-      c.source.end()
-    }
+    if (typeof bytes === "string") return violation(SHM_ERROR_INVALID_FD, bytes)
+    c.dirty.clear()
+    counts.commits++
+    const stats = m.connection.stats
+    stats.copiedBytes += bytes
+    stats.copyCommits++
   })
 
   // wp_viewporter / wp_viewport: crop and scale, double-buffered on the surface.
@@ -530,13 +526,8 @@ const poolSource = (pool: GuestPool, offset: number, width: number, height: numb
             return n < 0 ? truncated() : n
           }
         }),
-    begin: () => {
-      if (!pool.sealed) {
-        const fileSize = sys.lseek(pool.fd, 0, SEEK_END)
-        if (fileSize >= 0 && fileSize < end) return truncated()
-      }
-      return { view: pool.mapping.view, offset, stride }
-    },
+    // Sealed pools only (the others copy with copyInto): the mapping cannot outgrow the file.
+    begin: () => ({ view: pool.mapping.view, offset, stride }),
     end: () => {},
     release: () => {
       if (!live) return
