@@ -16,8 +16,7 @@
  * Not here: resources, GEM handles, files and fences' events (`gpu.ts`); the socket server.
  */
 import { readlinkSync, fstatSync } from "node:fs"
-import { Effect } from "effect"
-import { Errno, describeErrno } from "../ffi/errno.js"
+import { Errno, SyscallError, describeErrno } from "../ffi/errno.js"
 import {
   sys,
   F_DUPFD_CLOEXEC,
@@ -32,7 +31,7 @@ import {
   SEEK_SET
 } from "../ffi/libc.js"
 import { EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, type ReactorService, type Watch } from "../transport/reactor.js"
-import { connectUnix, SocketEndpoint } from "../transport/socket.js"
+import { connectUnixSync, SocketEndpoint } from "../transport/socket.js"
 import { imageRequirements, MAP_ACCESS_RW, type ImageRequirements } from "./formats.js"
 import { MsgIo } from "./msg.js"
 
@@ -266,9 +265,8 @@ export class CrossDomainContext<F extends Fence = Fence> {
     this.#pathsTaken = true
     const path = this.#host.channels.get(channelType)
     if (path === undefined) throw new CommandError(`INIT: no host channel of type ${channelType} is configured`)
-    const connected = Effect.runSync(Effect.either(connectUnix(path)))
-    if (connected._tag === "Left") throw new CommandError(`INIT: ${connected.left.message}`)
-    const fd = connected.right
+    const fd = connectUnixSync(path)
+    if (fd instanceof SyscallError) throw new CommandError(`INIT: ${fd.message}`)
     this.#channel = { fd, watch: null, events: 0, endpoint: new SocketEndpoint(fd, { inputCapacity: 16 }), writeBroken: false }
     this.#state = { queryRingId, channelRingId }
   }

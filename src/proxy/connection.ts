@@ -588,7 +588,7 @@ export class Connection {
       try {
         this.host.settle(this.#readPending)
       } catch (e) {
-        if (!this.ended) this.end({ _tag: "IoError", message: `compositor channel failed: ${String(e)}` })
+        if (!this.ended) this.end({ _tag: "IoError", message: `compositor channel failed: ${errorText(e)}` })
         return false
       }
       if (this.ended) return false
