@@ -5,7 +5,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { defaultRegistry } from "../../src/protocol/registry.js"
 import type { ArgValue } from "../../src/protocol/types.js"
-import { Connection, type ConnectionHooks, defaultDeniedGlobals, defaultLimits, setFdCloser } from "../../src/proxy/connection.js"
+import { Connection, type ConnectionHooks, type ConnectionOptions, defaultDeniedGlobals, defaultLimits, setFdCloser } from "../../src/proxy/connection.js"
 import type { ConnectionEndReason } from "../../src/proxy/errors.js"
 import { MemoryEndpoint } from "../../src/proxy/memory.js"
 import { ObjectState } from "../../src/shadow/table.js"
@@ -47,7 +47,8 @@ const frames = (b: Uint8Array): Array<{ id: number; opcode: number; frame: Uint8
   return out
 }
 
-const setup = () => {
+/** A connection over two in-memory endpoints; `options` replace the defaults. */
+const over = (options: Partial<ConnectionOptions> = {}) => {
   const client = new MemoryEndpoint(true)
   const host = new MemoryEndpoint(true)
   const ends: ConnectionEndReason[] = []
@@ -58,8 +59,14 @@ const setup = () => {
     limits: defaultLimits,
     trace: null,
     onBatch: null,
-    onEnd: (r) => ends.push(r)
+    onEnd: (r) => ends.push(r),
+    ...options
   })
+  return { client, host, conn, ends }
+}
+
+const setup = () => {
+  const { client, host, conn, ends } = over()
   const fromClient = (...m: Uint8Array[]) => {
     client.feed(cat(...m))
     return conn.onClientReadable()
@@ -80,22 +87,7 @@ const setup = () => {
 }
 
 /** A connection with hand-written hooks and no denied globals. */
-const hooked = (hooks: ConnectionHooks) => {
-  const client = new MemoryEndpoint(true)
-  const host = new MemoryEndpoint(true)
-  const ends: ConnectionEndReason[] = []
-  const conn = new Connection(client, host, {
-    id: 1,
-    registry,
-    deniedGlobals: new Set(),
-    limits: defaultLimits,
-    trace: null,
-    onBatch: null,
-    onEnd: (r) => ends.push(r),
-    hooks
-  })
-  return { client, host, conn, ends }
-}
+const hooked = (hooks: ConnectionHooks) => over({ id: 1, deniedGlobals: new Set(), hooks })
 
 /** A connection with a registry (id 2) that has seen the host's globals. */
 const withGlobals = () => {
