@@ -927,29 +927,23 @@ const runHops = async (env: Env, weston: Weston, s: ReturnType<typeof sizes>): P
   const relay = buildRelay()
   const dir = join(env.runDir, "hops")
   mkdirSync(dir, { recursive: true })
-  const waitSocket = (what: string, path: string, child: ChildProcess, log: string) => waitFor(what, () => existsSync(path), child, log)
-  const relayChain = async (n: number, tag: string): Promise<string> => {
+  /** `n` processes in a row in front of weston, each started by `start` listening on `sock`; the first one's socket. */
+  const chain = async (n: number, tag: string, start: (sock: string, upstream: string, log: string) => ChildProcess): Promise<string> => {
     let upstream = weston.socketPath
     for (let i = 1; i <= n; i++) {
       const sock = join(dir, `${tag}-${i}`)
       const log = join(dir, `${tag}-${i}.log`)
-      const child = startDaemon(env.settings, relay, [sock, upstream], process.env, log)
-      await waitSocket(`bench-relay ${i}`, sock, child, log)
+      const child = start(sock, upstream, log)
+      await waitFor(`${tag} ${i}`, () => existsSync(sock), child, log)
       upstream = sock
     }
     return upstream
   }
-  const localChain = async (n: number, tag: string): Promise<string> => {
-    let upstream = weston.socketPath
-    for (let i = 1; i <= n; i++) {
-      const sock = join(dir, `${tag}-${i}`)
-      const log = join(dir, `${tag}-${i}.log`)
-      const child = startDaemon(env.settings, process.execPath, [cliEntry([]), "serve", sock, "--mode", "local", "--host-display", upstream], { ...process.env, XDG_RUNTIME_DIR: dir }, log)
-      await waitSocket(`sommelier serve ${i}`, sock, child, log)
-      upstream = sock
-    }
-    return upstream
-  }
+  const relayChain = (n: number, tag: string) => chain(n, tag, (sock, upstream, log) => startDaemon(env.settings, relay, [sock, upstream], process.env, log))
+  const localChain = (n: number, tag: string) =>
+    chain(n, tag, (sock, upstream, log) =>
+      startDaemon(env.settings, process.execPath, [cliEntry([]), "serve", sock, "--mode", "local", "--host-display", upstream], { ...process.env, XDG_RUNTIME_DIR: dir }, log)
+    )
   const crossDomain = async (): Promise<string> => {
     const { target } = await startCrossDomain({ ...env, runDir: dir }, weston, () => [], "hops-xd")
     return target.env["WAYLAND_DISPLAY"]!
